@@ -1,0 +1,1 @@
+"""Subsets, image folders, transforms and the latent cache."""

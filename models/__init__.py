@@ -1,0 +1,1 @@
+"""DiT, Difffit, diffusion math, VAE helpers, the minimax criterion and the evaluation classifiers."""

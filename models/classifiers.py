@@ -1,0 +1,162 @@
+"""Evaluation networks of the IDC protocol (SPEC §5): ConvNet-6, ResNetAP-10, ResNet-18, all with instance norm."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.resnet import ResNet, BasicBlock
+
+from utils.errors import UserError
+
+
+def instance_norm(channels):
+    """IDC's 'instance' norm: GroupNorm with one group per channel, affine (same as InstanceNorm + affine)."""
+    return nn.GroupNorm(channels, channels, affine=True)
+
+
+def init_weights(model):
+    """Conv weights N(0, sqrt(2 / (k*k*C_out))), conv biases 0, norms (1, 0); Linear keeps PyTorch's default."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+def convnet_depth(image_size, max_depth=6, min_side=3):
+    """Pooling layers for a ConvNet: as many as keep the final map >= 3 px, at most 6 (224 -> 6, 32 -> 3, 28 -> 3)."""
+    depth = 0
+    while depth < max_depth and (image_size >> (depth + 1)) >= min_side:
+        depth += 1
+    return max(depth, 1)
+
+
+#### ConvNet-D ###############################################################################################
+
+class ConvNet(nn.Module):
+    """depth x [Conv3x3(width, bias) -> IN -> ReLU -> AvgPool2], flatten -> Linear."""
+
+    def __init__(self, num_classes, image_size=224, depth=6, width=128, in_channels=3):
+        super().__init__()
+        side = image_size >> depth
+        if side < 1:
+            raise UserError(f"convnet depth {depth} pools a {image_size}px image to nothing; "
+                            f"use depth <= {convnet_depth(image_size)} (or leave depth unset)")
+        layers, c = [], in_channels
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1, bias=True), instance_norm(width), nn.ReLU(inplace=True),
+                       nn.AvgPool2d(2, 2)]
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.num_features = width * side * side
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x):
+        return self.features(x).flatten(1)  # (N, width * side * side)
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x))  # (N, num_classes)
+
+
+#### ResNetAP-10 #############################################################################################
+
+class APBlock(nn.Module):
+    """BasicBlock that downsamples by average pooling after conv1 (and after the 1x1 shortcut conv)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = instance_norm(cout)
+        self.pool = nn.AvgPool2d(2, 2) if stride != 1 else nn.Identity()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = instance_norm(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False),
+                                          nn.AvgPool2d(2, 2) if stride != 1 else nn.Identity(), instance_norm(cout))
+
+    def forward(self, x):
+        out = self.pool(F.relu(self.bn1(self.conv1(x))))  # (N, C_out, H/s, W/s)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetAP(nn.Module):
+    """IDC's ResNetAP: stem Conv7x7 s1 -> IN -> ReLU -> AvgPool4, AP blocks, global average pool -> FC."""
+
+    def __init__(self, num_classes, layers=(1, 1, 1, 1), widths=(64, 128, 256, 512), in_channels=3,
+                 stem_pool=4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 7, stride=1, padding=3, bias=False),
+                                  instance_norm(widths[0]), nn.ReLU(inplace=True),
+                                  nn.AvgPool2d(stem_pool, stem_pool) if stem_pool > 1 else nn.Identity())
+        blocks, c = [], widths[0]
+        for i, (n, w) in enumerate(zip(layers, widths)):
+            for b in range(n):
+                blocks.append(APBlock(c, w, 2 if (i > 0 and b == 0) else 1))
+                c = w
+        self.layers = nn.Sequential(*blocks)
+        self.num_features = c
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward_features(self, x):
+        x = self.layers(self.stem(x))  # (N, 512, H/32, W/32) at the default stem pool
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (N, 512)
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x))
+
+
+#### ResNet-18 (torchvision layout, instance norm) ###########################################################
+
+class ResNet18IN(ResNet):
+    """torchvision's ResNet-18 with GroupNorm(C, C) in place of BatchNorm."""
+
+    def __init__(self, num_classes):
+        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, norm_layer=instance_norm)
+        self.num_features = self.fc.in_features
+
+    def forward_features(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)  # (N, 512)
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x))
+
+
+#### Registry ################################################################################################
+
+def _convnet(num_classes, image_size, depth=None):
+    return ConvNet(num_classes, image_size, depth=depth or convnet_depth(image_size))
+
+
+def _resnetap10(num_classes, image_size, depth=None):
+    # below 64 px the 4x stem pool leaves < 2 px for the last stage, so small images skip it (IDC does the same
+    # for CIFAR-size inputs)
+    return ResNetAP(num_classes, stem_pool=4 if image_size >= 64 else 1)
+
+
+def _resnet18(num_classes, image_size, depth=None):
+    return ResNet18IN(num_classes)
+
+
+CLASSIFIERS = {"convnet6": _convnet, "resnetap10": _resnetap10, "resnet18": _resnet18}
+
+
+def build_classifier(name, num_classes, image_size=224, depth=None):
+    """A freshly initialised evaluation network. `depth` only applies to convnet6 (None: 6 at >= 192 px, fewer
+    for small images so the last map stays >= 3 px). Every model has `forward_features(x) -> (N, num_features)`."""
+    if name not in CLASSIFIERS:
+        raise UserError(f"unknown arch '{name}'; choose from {', '.join(CLASSIFIERS)}")
+    model = CLASSIFIERS[name](num_classes, image_size, depth=depth)
+    return init_weights(model)
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,1 @@
+"""Shared plumbing for the three entry scripts: config, errors, atomic I/O, provenance, distributed."""
