@@ -46,6 +46,8 @@ def coerce(key, value, default):
                 yaml.safe_load(v) for v in value.split(",") if v.strip()]
             return list(parsed)
     except (ValueError, yaml.YAMLError):
+        if isinstance(default, bool):
+            raise UserError(f"config key '{key}' must be true or false, got {value!r}") from None
         raise UserError(f"config key '{key}' expects {type(default).__name__}, got {value!r}") from None
     # default None (or another type): let YAML pick the type; 'none'/'null' -> None
     if value.lower() in ("none", "null", "~"):
