@@ -16,6 +16,13 @@ def _unit(x, eps=1e-8):
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
+def _cos_to(p, mem, eps=1e-8):
+    """Cosine similarities (b, k) of unit rows p (b, D) to the rows of mem (k, D), without normalising mem."""
+    # a copy: autograd keeps mem for the backward, and update() overwrites the ring buffer before that
+    mem = mem.to(torch.float32, copy=True)
+    return (p @ mem.T) / mem.norm(dim=-1).clamp_min(eps)
+
+
 #################################################################################
 #                                Minimax criterion                              #
 #################################################################################
@@ -31,6 +38,12 @@ class MinimaxCriterion:
     memory_dtype "float16" halves the memory (K * N_M * D * 2 bytes per memory; ImageNet-1K at N_M 64 and
     D 4096: 1 GiB instead of 2); the stored latents are then rounded to ~3 significant digits, which moves a
     cosine by ~1e-3 at most. The losses themselves are always computed in float32.
+
+    Ablations (paper Table 5): rep="mean" is Eq. 2, lambda_r * (1 - mean_i cos(x0_hat_i, mean of class c's
+    REAL latents in this batch)) / n: it needs no memory, so it also acts on a class's first step; the mean
+    over i because Eq. 2 pulls every prediction to the centre (a min over i would be a minimax again).
+    div="mean" averages cos over all (i, d) pairs instead of taking the max. "off" contributes 0; the memories
+    are filled in every mode, so switching modes on resume keeps a consistent state.
     """
 
     def __init__(self, num_classes, feature_dim, memory_size=64, lambda_r=0.002, lambda_d=0.008,
@@ -68,7 +81,7 @@ class MinimaxCriterion:
 
     def memory(self, c, which="real"):
         """Class c's stored entries, oldest first: (count, D) in the memory dtype."""
-        bank = self.real if which == "real" else self.pred
+        bank = {"real": self.real, "pred": self.pred}[which]
         k, p = int(self.count[c]), int(self.ptr[c])
         order = (p - k + torch.arange(k)) % self.capacity  # the oldest entry sits k slots behind the pointer
         return bank[c, order.to(bank.device)]
@@ -78,6 +91,8 @@ class MinimaxCriterion:
         """Weighted (L_r, L_d) for this batch against the memories as they are now (no update)."""
         pred, lab = self._check(pred_x0, labels)
         real = real_x0.detach().reshape(real_x0.shape[0], -1)  # (B, D) the real side never gets gradient
+        if real.shape != pred.shape:
+            raise ValueError(f"real latents {tuple(real.shape)} do not match predictions {tuple(pred.shape)}")
         loss_r = pred.new_zeros((), dtype=torch.float32)
         loss_d = pred.new_zeros((), dtype=torch.float32)
         classes = torch.unique(lab).tolist()
@@ -93,11 +108,11 @@ class MinimaxCriterion:
                 loss_r = loss_r + self.lambda_r * (1 - (p @ centre.T).mean()) / n
             elif self.rep == "minimax" and k > 0:
                 # Eq. 3: pull in the least similar (prediction, real memory) pair
-                sim = p @ _unit(self.real[c, :k]).T  # (b_c, k)
+                sim = _cos_to(p, self.real[c, :k])  # (b_c, k)
                 loss_r = loss_r + self.lambda_r * (1 - sim.min()) / n
             if self.div != "off" and k > 0:
                 # Eq. 4: push away from the most similar earlier prediction ("mean": from all of them)
-                sim = p @ _unit(self.pred[c, :k]).T  # (b_c, k)
+                sim = _cos_to(p, self.pred[c, :k])  # (b_c, k)
                 agg = sim.max() if self.div == "minimax" else sim.mean()
                 loss_d = loss_d + self.lambda_d * agg / n
         return loss_r, loss_d

@@ -51,3 +51,13 @@ def test_save_roundtrip(tmp_path):
     cfg = parse_config(SPEC, ["--epochs", "4"])
     save_config(cfg, tmp_path / "out" / "config.yaml")
     assert parse_config(SPEC, ["--config", str(tmp_path / "out" / "config.yaml")]) == cfg
+
+
+def test_sections(tmp_path):
+    y = tmp_path / "subset.yaml"
+    y.write_text("epochs: 2\ntrain:\n  lr: 0.5\nsample:\n  lr: 0.7\n  whatever: 1\nevaluate:\n")
+    assert parse_config(SPEC, ["--config", str(y)], section="train")["lr"] == 0.5
+    with pytest.raises(UserError, match="whatever"):
+        parse_config(SPEC, ["--config", str(y)], section="sample")
+    cfg = parse_config(SPEC, ["--config", str(y)], section="evaluate")
+    assert cfg["lr"] == 1e-3 and cfg["epochs"] == 2

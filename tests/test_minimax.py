@@ -212,6 +212,16 @@ def test_gradient_only_into_prediction():
     assert not crit.real.requires_grad and not crit.pred.requires_grad
 
 
+def test_backward_after_later_updates():
+    crit = _crit(K=1, D=4, cap=2)
+    crit(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([0, 0]))
+    x = torch.randn(1, 4, requires_grad=True)
+    loss_r, loss_d = crit(x, torch.randn(1, 4), torch.tensor([0]))
+    crit.update(torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 0, 0]))  # overwrites every slot
+    (loss_r + loss_d).backward()  # the graph holds copies, not views of the ring buffer
+    assert x.grad.abs().sum() > 0
+
+
 def test_current_batch_not_in_memory_at_loss_time():
     crit = _crit(K=1, D=4)
     x = torch.randn(2, 4)

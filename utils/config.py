@@ -58,7 +58,10 @@ def coerce(key, value, default):
         return value
 
 
-def read_yaml(path, known):
+SECTIONS = ("train", "sample", "evaluate")  # one subset YAML can drive all three scripts
+
+
+def read_yaml(path, known, section=None):
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}; pass an existing YAML file to --config")
     try:
@@ -68,16 +71,26 @@ def read_yaml(path, known):
         raise UserError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must be a mapping of key: value")
+    # top-level keys apply to every script; a `train:` / `sample:` / `evaluate:` block only to that script
+    merged = {k: v for k, v in data.items() if k not in SECTIONS}
+    for name in SECTIONS:
+        block = data.get(name) or {}
+        if not isinstance(block, dict):
+            raise UserError(f"section '{name}' in {path} must be a mapping of key: value")
+        if name == section:
+            merged.update(block)
+    data = merged
     for k in data:
         if k not in known:
             raise UserError(f"unknown config key '{k}' in {path}{_suggest(k, known)}")
     return data
 
 
-def parse_config(spec, argv=None, description="", prog=None):
+def parse_config(spec, argv=None, description="", prog=None, section=None):
     """Resolve a flat config: spec defaults <- each `--config FILE` in order <- `--key value` overrides.
 
-    `spec` maps key -> (default, help). Returns a dict with exactly the keys of `spec`.
+    `spec` maps key -> (default, help). In a YAML file, top-level keys apply to every script and the block named
+    `section` ("train", "sample" or "evaluate") to this one. Returns a dict with exactly the keys of `spec`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     lines = [description, "", "config keys (set in a YAML file via --config, or as --key value):"]
@@ -111,7 +124,7 @@ def parse_config(spec, argv=None, description="", prog=None):
             overrides.append((key, val))
         i += 1
     for path in files:
-        for k, v in read_yaml(path, spec).items():
+        for k, v in read_yaml(path, spec, section).items():
             cfg[k] = coerce(k, v, spec[k][0])
     for k, v in overrides:
         cfg[k] = coerce(k, v, spec[k][0])
