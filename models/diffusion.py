@@ -140,7 +140,9 @@ class Diffusion:
         No x0 clipping (latent space)."""
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         mean, log_var, _ = self.p_mean_variance(model_out, x, t)
-        return mean + (i != 0) * torch.exp(0.5 * log_var) * noise
+        if i == 0:
+            return mean  # the last step adds no noise
+        return mean + torch.exp(0.5 * log_var) * noise
 
     def ddim_step(self, model_out, x, i, noise=None, eta=0.0):
         """One DDIM step from step i (eta = 0: deterministic)."""
