@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from utils.io import append_jsonl, atomic_save_image
 
-CSV_FIELDS = ["time", "kind", "arch", "train", "subset", "select", "ipc", "repeat", "seed", "epochs", "best", "last",
+CSV_FIELDS = ["time", "kind", "method", "arch", "train", "subset", "select", "ipc", "repeat", "seed", "epochs", "best", "last",
               "best_mean", "best_std", "last_mean", "last_std", "n_runs", "mmd_linear", "mmd_rbf", "fingerprint",
               "key"]
 
@@ -86,7 +86,7 @@ def save_curves(path, curves, title, size=(640, 400)):
         y = ymax * i / 5
         d.text((5, pt(0, y)[1] - 6), f"{y:.0f}", fill="black")
         x = xmax * i / 5
-        d.text((pt(x, 0)[0] - 10, h - bottom + 5), f"{x:.0f}", fill="black")
+        d.text((pt(x, 0)[0] - 10, h - bottom + 5), f"{x:.3g}", fill="black")
     d.text((left, 8), title, fill="black")
     d.text((w // 2 - 20, h - 18), "epoch", fill="black")
     for i, (label, c) in enumerate(sorted(curves.items())):

@@ -132,29 +132,30 @@ class ResNet18IN(ResNet):
 
 #### Registry ################################################################################################
 
-def _convnet(num_classes, image_size, depth=None):
-    return ConvNet(num_classes, image_size, depth=depth or convnet_depth(image_size))
+def _convnet(num_classes, image_size, depth=None, width=None):
+    return ConvNet(num_classes, image_size, depth=depth or convnet_depth(image_size), width=width or 128)
 
 
-def _resnetap10(num_classes, image_size, depth=None):
+def _resnetap10(num_classes, image_size, depth=None, width=None):
     # below 64 px the 4x stem pool leaves < 2 px for the last stage, so small images skip it (IDC does the same
     # for CIFAR-size inputs)
     return ResNetAP(num_classes, stem_pool=4 if image_size >= 64 else 1)
 
 
-def _resnet18(num_classes, image_size, depth=None):
+def _resnet18(num_classes, image_size, depth=None, width=None):
     return ResNet18IN(num_classes)
 
 
 CLASSIFIERS = {"convnet6": _convnet, "resnetap10": _resnetap10, "resnet18": _resnet18}
 
 
-def build_classifier(name, num_classes, image_size=224, depth=None):
-    """A freshly initialised evaluation network. `depth` only applies to convnet6 (None: 6 at >= 192 px, fewer
-    for small images so the last map stays >= 3 px). Every model has `forward_features(x) -> (N, num_features)`."""
+def build_classifier(name, num_classes, image_size=224, depth=None, width=None):
+    """A freshly initialised evaluation network. `depth` and `width` only apply to convnet6 (depth None: 6 at
+    >= 192 px, fewer for small images so the last map stays >= 3 px; width None: 128, narrower for quick CPU demos).
+    Every model has `forward_features(x) -> (N, num_features)`."""
     if name not in CLASSIFIERS:
         raise UserError(f"unknown arch '{name}'; choose from {', '.join(CLASSIFIERS)}")
-    model = CLASSIFIERS[name](num_classes, image_size, depth=depth)
+    model = CLASSIFIERS[name](num_classes, image_size, depth=depth, width=width)
     return init_weights(model)
 
 

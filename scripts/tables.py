@@ -81,7 +81,7 @@ def load_runs(files):
 def mean_std(values):
     n = len(values)
     m = sum(values) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0  # sample std, as papers report
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / n)  # population std, as evaluate.py and IDC (np.std)
     return m, sd
 
 
@@ -106,6 +106,8 @@ def build_rows(groups, published, table, metric="best"):
                     if (method == "full") != (ipc == "full"):
                         continue
                     runs = groups.get((subset, method, arch, ipc), {})
+                    if not runs and method == "minimax-minimax":  # the full method is the default run
+                        runs = groups.get((subset, "minimax", arch, ipc), {})
                     ours = mean_std([r[idx] for r in runs.values()]) if runs else (None, None)
                     paper = paper_value(published, subset, method, arch, ipc)
                     diff = ours[0] - paper[0] if ours[0] is not None and paper[0] is not None else None

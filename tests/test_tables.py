@@ -30,7 +30,7 @@ def test_table1_values(tmp_path):
     assert "Table 3" not in md  # no result of its subsets
     lines = md.splitlines()
     row = next(l for l in lines if l.startswith("| imagewoof | 10 | ResNetAP-10 |"))
-    assert "39.0 ± 1.0 (39.2 ± 1.3, -0.2)" in row  # mean, sample std, paper, difference
+    assert "39.0 ± 0.8 (39.2 ± 1.3, -0.2)" in row  # mean, sample std, paper, difference
     row = next(l for l in lines if l.startswith("| imagewoof | 50 | ConvNet-6 |"))
     assert "45.0 ± 0.0 (40.3, +4.7)" in row  # herding from the `select` field; paper gives no std
     row = next(l for l in lines if l.startswith("| imagewoof | full | ResNet-18 |"))
@@ -38,8 +38,8 @@ def test_table1_values(tmp_path):
     row = next(l for l in lines if l.startswith("| imagewoof | 10 | ConvNet-6 |"))
     assert "30.0 ± 0.0 (34.2, -4.2)" in row and "– (24.3)" in row  # DiT measured, Random only published
     md_last, _ = make_tables([str(tmp_path)], "last", ["1"])
-    assert "37.0 ± 1.0 (39.2 ± 1.3, -2.2)" in md_last
-    assert "1,imagewoof,10,resnetap10,minimax,best,3,39.0,1.0,39.2,1.3,-0.2" in csv_text.splitlines()
+    assert "37.0 ± 0.8 (39.2 ± 1.3, -2.2)" in md_last
+    assert "1,imagewoof,10,resnetap10,minimax,best,3,39.0,0.816,39.2,1.3,-0.2" in csv_text.splitlines()
 
 
 def test_table5_and_cli(tmp_path):
@@ -48,7 +48,7 @@ def test_table5_and_cli(tmp_path):
     out = subprocess.run([sys.executable, "scripts/tables.py", str(tmp_path), "--tables", "5", "--out",
                           str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "| imageidc | 50 | ResNetAP-10 |" in out.stdout and "60.5 ± 0.7 (60.2 ± 1.2, +0.3)" in out.stdout
+    assert "| imageidc | 50 | ResNetAP-10 |" in out.stdout and "60.5 ± 0.5 (60.2 ± 1.2, +0.3)" in out.stdout
     assert os.path.isfile(tmp_path / "t" / "tables_best.md") and os.path.isfile(tmp_path / "t" / "tables_best.csv")
     bad = subprocess.run([sys.executable, "scripts/tables.py", str(tmp_path / "none")], cwd=ROOT,
                          capture_output=True, text=True)

@@ -58,7 +58,7 @@ def coerce(key, value, default):
         return value
 
 
-SECTIONS = ("train", "sample", "evaluate")  # one subset YAML can drive all three scripts
+SECTIONS = ("train", "sample", "evaluate", "reproduce")  # one subset YAML drives the three scripts and the pipeline
 
 
 def read_yaml(path, known, section=None):

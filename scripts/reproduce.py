@@ -1,0 +1,244 @@
+"""Reproduce the paper for one subset: fine-tune -> sample IPC 100 -> evaluate every IPC x network x repeat, plus the
+Random / Herding / K-Center / DiT (no fine-tune) / Full baselines, then the paper-layout tables.
+
+    python scripts/reproduce.py --subset imagewoof --imagenet /data/imagenet [--out results/imagewoof] [--dry-run]
+    (scripts/<subset>.sh IMAGENET_DIR [OUT_DIR] [--dry-run] calls this.)
+
+Each step is skipped when its output is complete (a marker holding the step's exact command, written after it
+succeeds), so rerunning continues where it stopped; the scripts themselves resume mid-step. The number of GPUs comes
+from NGPU, else CUDA_VISIBLE_DEVICES, else torch: fine-tuning and sampling run under torchrun across all of them,
+evaluation trainings run one per GPU in parallel.
+"""
+import argparse
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from data.subsets import get_subset  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.io import atomic_write_text  # noqa: E402
+
+# what runs when a subset YAML's `reproduce:` block does not say otherwise (paper Table 1)
+DEFAULT_PLAN = {"ipcs": [10, 20, 50, 70, 100], "archs": ["convnet6", "resnetap10", "resnet18"], "repeat": 3,
+                "baselines": ["dit", "random", "herding", "kcenter", "full"], "kcenter_archs": ["resnetap10"],
+                "kcenter_ipcs": [10, 50, 100], "sample_ipc": 100, "phases": None,
+                "method": "minimax"}  # method: the tag of the fine-tuned variant (ablations: e.g. mean-off)
+
+
+@dataclass
+class Step:
+    name: str
+    cmd: list
+    gpus: str = "all"  # all: torchrun over every GPU; one: a single device (runs in parallel with others)
+    env: dict = field(default_factory=dict)
+
+
+#### GPUs and commands #########################################################################################
+
+def gpu_count():
+    if os.environ.get("NGPU"):
+        return int(os.environ["NGPU"])
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None:
+        return len([d for d in vis.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def launcher(script, ngpu):
+    """python SCRIPT, or torchrun over every GPU."""
+    if ngpu > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ngpu}", script]
+    return [sys.executable, script]
+
+
+def plan_for(config_files):
+    """The `reproduce:` blocks of the config files layered over DEFAULT_PLAN."""
+    plan = dict(DEFAULT_PLAN)
+    for path in config_files:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        block = data.get("reproduce") or {}
+        unknown = set(block) - set(DEFAULT_PLAN)
+        if unknown:
+            raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} in the reproduce block of {path}; "
+                            f"known: {', '.join(DEFAULT_PLAN)}")
+        plan.update(block)
+    return plan
+
+
+def build_steps(subset, imagenet, out, configs, ngpu):
+    """The ordered steps of a full reproduction of `subset`."""
+    plan = plan_for(configs)
+    train_dir, val_dir = os.path.join(imagenet, "train"), os.path.join(imagenet, "val")
+    cfg = [a for c in configs for a in ("--config", c)]
+    archs = ",".join(plan["archs"])
+    results = os.path.join(out, "eval", "results.jsonl")
+    steps = []
+    phases = plan["phases"] or [None]
+    samples = os.path.join(out, "samples")
+    method = plan["method"]
+    for p in phases:
+        tag = f"{method}" if p is None else f"{method}-p{p}"
+        ph = [] if p is None else ["--phase", str(p)]
+        run_dir = os.path.join(out, f"finetune-{tag}")
+        steps.append(Step(f"finetune-{tag}", launcher("train_minimax.py", ngpu) + cfg + [
+            "--subset", subset, *ph, "--data_dir", train_dir, "--run_dir", run_dir]))
+        steps.append(Step(f"sample-{tag}", launcher("sample.py", ngpu) + cfg + [
+            "--subset", subset, *ph, "--ckpt", os.path.join(run_dir, "checkpoint.pt"),
+            "--ipc", str(plan["sample_ipc"]), "--out", os.path.join(samples, tag)]))
+    if phases != [None]:  # one folder of every class for evaluation: links to the phase folders' class dirs
+        steps.append(Step(f"merge-{method}", [sys.executable, os.path.join("scripts", "reproduce.py"), "--merge",
+                                              os.path.join(samples, method)] +
+                          [os.path.join(samples, f"{method}-p{p}") for p in phases], gpus="none"))
+    if "dit" in plan["baselines"]:
+        steps.append(Step("sample-dit", launcher("sample.py", ngpu) + cfg + [
+            "--subset", subset, "--ckpt", "none", "--ipc", str(plan["sample_ipc"]),
+            "--out", os.path.join(samples, "dit")]))
+    ev = [sys.executable, "evaluate.py"] + cfg + ["--subset", subset, "--val", val_dir, "--results", results,
+                                                  "--repeat", str(plan["repeat"])]
+    methods = [method] + [m for m in ("dit",) if m in plan["baselines"]]
+    for ipc in plan["ipcs"]:
+        for m in methods:
+            steps.append(Step(f"eval-{m}-ipc{ipc}", ev + ["--train", os.path.join(samples, m), "--method", m,
+                                                           "--arch", archs, "--ipc", str(ipc)], gpus="one"))
+        for m in ("random", "herding"):
+            if m in plan["baselines"]:
+                steps.append(Step(f"eval-{m}-ipc{ipc}", ev + ["--train", train_dir, "--select", m, "--method", m,
+                                                               "--arch", archs, "--ipc", str(ipc)], gpus="one"))
+    if "kcenter" in plan["baselines"]:
+        for ipc in plan["kcenter_ipcs"]:
+            steps.append(Step(f"eval-kcenter-ipc{ipc}", ev + [
+                "--train", train_dir, "--select", "kcenter", "--method", "kcenter",
+                "--arch", ",".join(plan["kcenter_archs"]), "--ipc", str(ipc)], gpus="one"))
+    if "full" in plan["baselines"]:
+        steps.append(Step("eval-full", ev + ["--train", train_dir, "--select", "full", "--method", "full",
+                                             "--arch", archs], gpus="one"))
+    steps.append(Step("tables", [sys.executable, os.path.join("scripts", "tables.py"), os.path.join(out, "eval"),
+                                 "--out", os.path.join(out, "tables")], gpus="none"))
+    return steps
+
+
+#### Running ###################################################################################################
+
+def marker(out, step):
+    return os.path.join(out, ".steps", step.name + ".done")
+
+
+def command_text(step):
+    """The step's command without the interpreter path (a new virtual environment must not rerun steps)."""
+    return shlex.join(["python"] + step.cmd[1:] if step.cmd[0] == sys.executable else step.cmd)
+
+
+def is_done(out, step):
+    """Done = its marker exists and records this very command (a changed config reruns the step)."""
+    path = marker(out, step)
+    return os.path.isfile(path) and open(path).read() == command_text(step)
+
+
+def run_step(out, step, device=None, log=print):
+    env = dict(os.environ, **step.env)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    log(f"[{time.strftime('%H:%M:%S')}] start {step.name}")
+    rc = subprocess.run(step.cmd, cwd=ROOT, env=env).returncode
+    if rc != 0:
+        raise UserError(f"step {step.name} failed (exit {rc}); fix the cause and rerun: finished steps are skipped")
+    atomic_write_text(marker(out, step), command_text(step))
+    log(f"[{time.strftime('%H:%M:%S')}] done  {step.name}")
+
+
+def run_all(out, steps, ngpu):
+    """Sequential steps in order; consecutive single-device steps run in parallel, one per GPU."""
+    todo = [s for s in steps if not is_done(out, s)]
+    i = 0
+    while i < len(todo):
+        if todo[i].gpus != "one" or ngpu <= 1:
+            run_step(out, todo[i])
+            i += 1
+            continue
+        j = i
+        while j < len(todo) and todo[j].gpus == "one":
+            j += 1
+        devices = queue.Queue()  # a step takes a free GPU and gives it back when it ends
+        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        for d in (visible or [str(k) for k in range(ngpu)])[:ngpu]:
+            devices.put(d)
+
+        def work(step):
+            dev = devices.get()
+            try:
+                run_step(out, step, device=dev)
+            finally:
+                devices.put(dev)
+        with ThreadPoolExecutor(ngpu) as pool:
+            for f in [pool.submit(work, s) for s in todo[i:j]]:
+                f.result()
+        i = j
+
+
+def resolve_config(path):
+    """A config path as given (relative to the current dir) or relative to the repository."""
+    for cand in (path, os.path.join(ROOT, path)):
+        if os.path.isfile(cand):
+            return os.path.abspath(cand)
+    raise UserError(f"config file not found: {path}")
+
+
+def merge(dest, sources):
+    """dest/<class> -> symlinks to each source's class folders (ImageNet-100's phases into one folder)."""
+    os.makedirs(dest, exist_ok=True)
+    for src in sources:
+        for d in sorted(os.listdir(src)):
+            if os.path.isdir(os.path.join(src, d)) and not os.path.lexists(os.path.join(dest, d)):
+                os.symlink(os.path.abspath(os.path.join(src, d)), os.path.join(dest, d))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--subset", help="imagewoof, imagenette, imageidc or imagenet100")
+    p.add_argument("--imagenet", help="ImageNet root holding train/<wnid>/ and val/<wnid>/")
+    p.add_argument("--out", default=None, help="output root (default results/<subset>)")
+    p.add_argument("--config", action="append", default=[],
+                   help="extra YAML layered over configs/<subset>.yaml (train/sample/evaluate/reproduce blocks)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (done/todo and each command) and exit")
+    p.add_argument("--merge", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge[0], args.merge[1:])
+    if not args.subset or not args.imagenet:
+        raise UserError("pass --subset NAME and --imagenet DIR (the folder holding train/ and val/)")
+    get_subset(args.subset)  # unknown names fail here
+    configs = [resolve_config(c) for c in [os.path.join("configs", f"{args.subset}.yaml")] + args.config]
+    for d in ("train", "val"):
+        if not os.path.isdir(os.path.join(args.imagenet, d)):
+            raise UserError(f"{os.path.join(args.imagenet, d)} not found; --imagenet must hold train/<wnid>/ and "
+                            f"val/<wnid>/ (ImageNet's own images, see README)")
+    out = os.path.abspath(args.out or os.path.join("results", args.subset))
+    ngpu = gpu_count()
+    steps = build_steps(args.subset, os.path.abspath(args.imagenet), out, configs, ngpu)
+    if args.dry_run:
+        print(f"# {args.subset}: {len(steps)} steps, {ngpu} GPU(s), outputs in {out}")
+        for k, s in enumerate(steps, 1):
+            state = "done" if is_done(out, s) else "todo"
+            print(f"{k:3d}. [{state}] {s.name}: {command_text(s)}")
+        return
+    run_all(out, steps, ngpu)
+    print(f"all steps done; tables in {os.path.join(out, 'tables')}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
