@@ -255,7 +255,7 @@ class DiT(nn.Module):
         first `cfg_channels` channels (3, as the original, for exact reproducibility; None = all eps channels);
         the rest comes from the conditional half."""
         half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half], 0), t, y)
+        out = self.forward(torch.cat([half, half], 0), t, y).float()  # guidance arithmetic in fp32 under autocast
         k = self.in_channels if cfg_channels is None else cfg_channels
         eps, rest = out[:, :k], out[:, k:]
         cond, uncond = eps.chunk(2, dim=0)

@@ -412,16 +412,20 @@ def _load_adapter(ckpt, name, model, num_heads, ema, device, base_source, arch):
     src = base_source or base.get("source")
     if not src:
         raise UserError(f"adapter {name} records no base weights; pass base_source")
-    fmt, base_sd, base_decl, _, base_path = _open(src, ema=True)
+    fmt, base_sd, base_decl, base_ckpt, base_path = _open(src, ema=True)
     want_sha = base.get("sha256")
     if want_sha:  # the hash identify_source recorded at training time
         got = file_sha256(base_path)
         if got != want_sha:
             raise UserError(f"base weights {src} have sha256 {got} but adapter {name} was trained on sha256 "
                             f"{want_sha}; pass the base it was trained from (base_source)")
-    if fmt in ("adapter", "full"):
-        raise UserError(f"adapter {name} has base {src}, itself a fine-tuned ({fmt}) checkpoint; "
-                        f"the base must be pretrained DiT weights")
+    if fmt == "adapter":
+        raise UserError(f"adapter {name} has base {src}, itself an adapter checkpoint; "
+                        f"the base must be DiT weights or a base-mode (full) checkpoint")
+    if fmt == "full":  # a model this project trained from scratch (base mode): fine-tuned from its EMA
+        base_sd = base_ckpt.get("ema")
+        if base_sd is None:
+            raise UserError(f"base {src} of adapter {name} holds no ema weights")
     overlay = ckpt.get("ema") if ema else ckpt.get("params")
     if overlay is None:
         raise UserError(f"adapter {name} has no {'ema' if ema else 'params'} weights; pass ema={not ema}")

@@ -16,7 +16,7 @@ TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
 
 
-def _suggest(key, known):
+def suggest(key, known):
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
     return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
 
@@ -82,7 +82,7 @@ def read_yaml(path, known, section=None):
     data = merged
     for k in data:
         if k not in known:
-            raise UserError(f"unknown config key '{k}' in {path}{_suggest(k, known)}")
+            raise UserError(f"unknown config key '{k}' in {path}{suggest(k, known)}")
     return data
 
 
@@ -119,7 +119,7 @@ def parse_config(spec, argv=None, description="", prog=None, section=None):
         if key == "config":
             files.append(val)
         elif key not in spec:
-            raise UserError(f"unknown config key '{key}'{_suggest(key, spec)}")
+            raise UserError(f"unknown config key '{key}'{suggest(key, spec)}")
         else:
             overrides.append((key, val))
         i += 1

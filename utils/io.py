@@ -1,6 +1,7 @@
 """Atomic writes, hashing and provenance (config, git SHA, versions) for every output."""
 import hashlib
 import io
+from importlib import metadata
 import json
 import os
 import platform
@@ -86,15 +87,13 @@ def git_sha():
 
 def run_info():
     """Provenance recorded beside every output: code version, library versions, machine."""
-    import numpy
     import torch
-    info = {"git_sha": git_sha(), "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "host": platform.node(), "platform": platform.platform(),
-            "cuda": torch.version.cuda,
+    info = {"git_sha": git_sha(), "python": platform.python_version(), "torch": str(torch.__version__),
+            "host": platform.node(), "platform": platform.platform(), "cuda": torch.version.cuda,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
-    for mod in ("torchvision", "diffusers", "timm"):
+    for dist in ("numpy", "torchvision", "diffusers", "timm"):  # from metadata: importing them costs seconds
         try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            info[mod] = None
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
     return info
