@@ -248,7 +248,7 @@ def _stats(runs):
 
 def run_evaluation(train, val, arch="resnetap10", subset="custom", ipc=None, select="none", repeat=3, seed=0,
                    image_size=224, epochs=None, batch_size=64, test_batch_size=256, lr=None, momentum=0.9,
-                   weight_decay=None, eval_every=None, depth=None, device="auto", amp="auto", data_path="gpu",
+                   weight_decay=None, eval_every=None, depth=None, device="auto", amp="none", data_path="gpu",
                    workers=2, compile=False, results=None, mmd_real=None, feature_arch="resnetap10",
                    feature_epochs=None, width=None, method=None, log=print, config=None):
     """Evaluate `train` (a class-per-folder image dir) on `val` for each arch in `arch` (list or comma string).

@@ -156,7 +156,8 @@ def build_classifier(name, num_classes, image_size=224, depth=None, width=None):
     if name not in CLASSIFIERS:
         raise UserError(f"unknown arch '{name}'; choose from {', '.join(CLASSIFIERS)}")
     model = CLASSIFIERS[name](num_classes, image_size, depth=depth, width=width)
-    return init_weights(model)
+    # the authors' (IDC's) ConvNet keeps PyTorch's default initialisation; their ResNets use N(0, sqrt(2/n))
+    return model if name == "convnet6" else init_weights(model)
 
 
 def count_params(model):

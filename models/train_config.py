@@ -44,7 +44,8 @@ CONFIG = {
     #### optimisation
     "lr": (1e-3, "AdamW learning rate, constant (the authors')"),
     "weight_decay": (0.0, "AdamW weight decay"),
-    "batch_size": (8, "images per step PER RANK (as the authors' per-GPU batch); global batch = batch_size x ranks"),
+    "batch_size": (8, "images per step over ALL processes (the authors' --global-batch-size); each of K ranks "
+                      "takes batch_size / K, so steps, EMA and lr schedule do not depend on the GPU count"),
     "epochs": (8, "passes over the subset's train images (drop_last: steps/epoch = images // global batch)"),
     "max_steps": (0, "stop after this many steps in total (0 = epochs decide); the lr is constant so the trajectory "
                      "up to there is unchanged"),

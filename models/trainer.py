@@ -81,7 +81,7 @@ def locate_resume(cfg):
     return None
 
 
-def check_resume(ckpt, path, cfg, world_size, base_sha):
+def check_resume(ckpt, path, cfg, world_size, base_sha, steps_per_epoch=None):
     """Refuse a checkpoint this run cannot continue exactly: other mode, settings, process count or base weights."""
     want_kind = "full" if cfg["mode"] == "base" else "adapter"
     if ckpt.get("kind") != want_kind:
@@ -92,6 +92,10 @@ def check_resume(ckpt, path, cfg, world_size, base_sha):
         saved = ckpt["config"]
         diffs = ", ".join(f"{k}={saved[k]!r} (now {cfg[k]!r})" for k in bad[:4])
         raise UserError(f"{path} was trained with {diffs}; resume with the same settings or use another --run_dir")
+    saved_spe = (ckpt.get("data") or {}).get("steps_per_epoch")
+    if steps_per_epoch is not None and saved_spe not in (None, steps_per_epoch):
+        raise UserError(f"{path} was trained with {saved_spe} steps per epoch, this data gives {steps_per_epoch}; "
+                        f"resume on the same images (the data order depends on their number)")
     if ckpt.get("world_size", 1) != world_size:
         raise UserError(f"{path} was written by {ckpt.get('world_size', 1)} process(es), this run has {world_size}; "
                         f"resume with --nproc_per_node {ckpt.get('world_size', 1)} (per-rank RNG and memories)")
@@ -336,9 +340,12 @@ def _train(cfg, info):
     if cfg["latent_cache"]:
         check_writable(cfg["cache_dir"], "cache_dir")
     n, B, W = len(dataset), cfg["batch_size"], info.world_size
-    steps_per_epoch = n // (B * W)
+    if B % W:  # B is the global batch (the authors' --global-batch-size): same steps and EMA for any GPU count
+        raise UserError(f"batch_size {B} (the global batch) does not split over {W} processes; use a multiple of {W}")
+    b = B // W  # per rank
+    steps_per_epoch = n // B
     if steps_per_epoch == 0:
-        raise UserError(f"{n} images cannot fill one global batch of {B} x {W} rank(s); lower --batch_size")
+        raise UserError(f"{n} images cannot fill one global batch of {B}; lower --batch_size")
     total = cfg["epochs"] * steps_per_epoch
     total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
     ident = None
@@ -353,7 +360,7 @@ def _train(cfg, info):
     resume_path = locate_resume(cfg)
     ckpt = read_checkpoint(resume_path) if resume_path else None
     if ckpt is not None:
-        check_resume(ckpt, resume_path, cfg, W, ident and ident["sha256"])
+        check_resume(ckpt, resume_path, cfg, W, ident and ident["sha256"], steps_per_epoch)
     step = ckpt["step"] if ckpt else 0
     log_path = os.path.join(cfg["run_dir"], "log.jsonl")
     if ckpt is not None and step >= total:
@@ -405,7 +412,7 @@ def _train(cfg, info):
         trim_log(log_path, step)
         n_train = sum(p.numel() for p in trainable.values())
         print(f"trainable parameters: {n_train:,} ({kind}, {'base' if kind == 'full' else cfg['tune']}); "
-              f"{n} images, {steps_per_epoch} steps/epoch x {W} rank(s) x batch {B}; "
+              f"{n} images, {steps_per_epoch} steps/epoch, global batch {B} = {W} rank(s) x {b}; "
               f"{'resuming at' if ckpt else 'starting at'} step {step} of {total}")
 
     fwd = model
@@ -424,7 +431,7 @@ def _train(cfg, info):
         crits = gather_to_main(crit.state_dict(), info) if crit is not None else []
         if info.is_main:
             obj = make_checkpoint(kind=kind, model=model, ema=ema, opt=opt, crit_states=crits, rng_states=rng,
-                                  step=at_step, steps_per_epoch=steps_per_epoch, global_batch=B * W, cfg=cfg,
+                                  step=at_step, steps_per_epoch=steps_per_epoch, global_batch=B, cfg=cfg,
                                   base=base, subset=subset, class_labels=class_labels, world_size=W, info=provenance)
             atomic_torch_save(obj, ckpt_path)
             if cfg["keep_every"] and at_step % cfg["keep_every"] == 0:
@@ -438,10 +445,10 @@ def _train(cfg, info):
     for epoch in range(step // steps_per_epoch, math.ceil(total / steps_per_epoch)):
         perm = epoch_permutation(cfg["seed"], epoch, n)
         first, stop = step - epoch * steps_per_epoch, min(steps_per_epoch, total - epoch * steps_per_epoch)
-        for z, y in epoch_batches(dataset, cache, vae, perm, first, stop, info.rank, W, B, gens["data"], device,
+        for z, y in epoch_batches(dataset, cache, vae, perm, first, stop, info.rank, W, b, gens["data"], device,
                                   cfg["num_workers"]):
-            t = torch.randint(0, diffusion.num_steps, (z.shape[0],), generator=gens["noise"], device=device)  # (B,)
-            noise = torch.randn(z.shape, generator=gens["noise"], device=device)  # (B, C, h, w)
+            t = torch.randint(0, diffusion.num_steps, (z.shape[0],), generator=gens["noise"], device=device)  # (b,)
+            noise = torch.randn(z.shape, generator=gens["noise"], device=device)  # (b, C, h, w)
             with autocast:
                 out = diffusion.training_losses(fwd, z, t, label_map[y], noise)
             diff = out["loss"].float().mean()

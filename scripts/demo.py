@@ -31,9 +31,11 @@ from utils.io import atomic_save_image, atomic_write_text  # noqa: E402
 SIZE = 16  # pixels: the 8x8 digits upscaled x2
 # step budgets: (full demo, --quick smoke run)
 BASE_EPOCHS = (60, 1)        # base DiT: batch 64 over ~1,250 images -> 19 steps per epoch
+MINIMAX_STEPS = (0, 10)      # fine-tuning steps cap (0 = the epochs decide)
 MINIMAX_EPOCHS = (2, 1)      # fine-tuning at the paper's batch 8 -> ~156 steps per epoch
-EVAL_EPOCHS = (300, 2)       # ConvNet epochs on IPC-sized sets (100 images: 2 steps per epoch)
-FULL_EPOCHS = (30, 1)        # ConvNet epochs on the full train split (~20 steps per epoch)
+SAMPLE_STEPS = (50, 5)       # sampling steps (SPEC §4: 50)
+EVAL_EPOCHS = (200, 2)       # ConvNet epochs on IPC-sized sets (100 images: 2 steps per epoch)
+FULL_EPOCHS = (20, 1)        # ConvNet epochs on the full train split (~20 steps per epoch)
 METHODS = [("random", "Random real"), ("base", "Base model"), ("minimax", "Minimax"), ("full", "Full train set")]
 
 
@@ -129,17 +131,18 @@ def main(argv=None):
 
     print("[2/5] base DiT from scratch (DiT-T/2, pixel space)", flush=True)
     run(["train_minimax.py", *cfg, "--mode", "base", "--data_dir", train_dir, "--run_dir", os.path.join(runs, "base"),
-         "--batch_size", "64", "--lr", "0.001", "--ema_decay", "0.999", "--epochs", str(BASE_EPOCHS[q])], log)
+         "--batch_size", "64", "--lr", "0.001", "--ema_decay", "0.99", "--epochs", str(BASE_EPOCHS[q])], log)
     base_ckpt = os.path.join(runs, "base", "checkpoint.pt")
 
     print("[3/5] minimax fine-tuning with Difffit (paper defaults: batch 8, lr 1e-3, N_M 64)", flush=True)
     run(["train_minimax.py", *cfg, "--base", base_ckpt, "--data_dir", train_dir,
-         "--run_dir", os.path.join(runs, "minimax"), "--epochs", str(MINIMAX_EPOCHS[q]), "--ema_decay", "0.99"], log)
+         "--run_dir", os.path.join(runs, "minimax"), "--epochs", str(MINIMAX_EPOCHS[q]), "--ema_decay", "0.99",
+         "--max_steps", str(MINIMAX_STEPS[q])], log)
 
     print(f"[4/5] sampling IPC {args.ipc} from the base model and the minimax model", flush=True)
     for name, ckpt in (("base", base_ckpt), ("minimax", os.path.join(runs, "minimax", "checkpoint.pt"))):
         run(["sample.py", *cfg, "--train_dir", train_dir, "--ckpt", ckpt, "--ipc", str(args.ipc),
-             "--out", os.path.join(samples, name)], log)
+             "--num_steps", str(SAMPLE_STEPS[q]), "--out", os.path.join(samples, name)], log)
 
     print("[5/5] ConvNet on each set, 3 repeats, tested on the held-out real digits", flush=True)
     ev = ["evaluate.py", *cfg, "--val", test_dir, "--results", results]

@@ -41,9 +41,9 @@ def setup(tmp_path_factory):
     base = DiT_models["DiT-T/2"](input_size=16, in_channels=3, num_classes=1000)
     torch.save(base.state_dict(), root / "base.pt")
     common = ["--config", "configs/tiny.yaml", "--data_dir", str(root / "data"), "--base", str(root / "base.pt"),
-              "--subset", "custom", "--cache_dir", str(root / "cache"), "--batch_size", "2", "--epochs", "2",
+              "--subset", "custom", "--cache_dir", str(root / "cache"), "--batch_size", "4", "--epochs", "2",
               "--memory_sync", "global", "--ckpt_every", "3", "--keep_every", "3"]
-    torchrun(common + ["--run_dir", str(root / "straight")])  # 12 images / (2 ranks x 2) = 3 steps per epoch
+    torchrun(common + ["--run_dir", str(root / "straight")])  # 12 images / global batch 4 (2 ranks x 2) = 3 steps per epoch
     return root, common
 
 
@@ -76,3 +76,14 @@ def test_ddp_resume_restores_each_rank(setup):
         for k in ("real", "pred", "ptr", "count"):
             assert torch.equal(a["criterion"][r][k], b["criterion"][r][k])
         assert torch.equal(a["rng"][r]["torch"], b["rng"][r]["torch"])
+
+
+def test_global_batch_must_split_over_ranks(setup):
+    root, common = setup
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "train_minimax.py"] + common + ["--batch_size", "3", "--run_dir",
+                                                                          str(root / "odd")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "batch_size 3 (the global batch) does not split over 2 processes" in proc.stderr
+    assert not os.path.exists(root / "odd" / "checkpoint.pt")

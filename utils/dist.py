@@ -1,4 +1,5 @@
 """torchrun helpers: one process per device, NCCL on CUDA, gloo on CPU."""
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -33,7 +34,8 @@ def init_distributed(device="auto"):
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # long timeout: rank 0 may build a latent cache (minutes to hours) while the others wait at a barrier
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=6))
     return DistInfo(rank, world, local, dev)
 
 

@@ -1,4 +1,5 @@
 """User-facing errors: one line, non-zero exit, no traceback."""
+import os
 import sys
 
 
@@ -20,3 +21,6 @@ def run_cli(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
