@@ -333,6 +333,8 @@ def run_evaluation(train, val, arch="resnetap10", subset="custom", ipc=None, sel
                     classes=list(wnids))
     if width is not None:  # only in the identity of runs that set it, so earlier results keep their keys
         protocol["width"] = width
+    if method is not None:  # two methods' folders can coincide (same names and sizes): never reuse across tags
+        protocol["method"] = method
     info = run_info()
     summary = {}
 
@@ -352,7 +354,7 @@ def run_evaluation(train, val, arch="resnetap10", subset="custom", ipc=None, sel
     done = finished_runs(out_path)
     train_data = None
     for a in archs:
-        runs = []
+        runs, trained = [], False
         for r in range(repeat):
             s = seed + r
             key = run_key(protocol, fp, a, s)
@@ -377,14 +379,16 @@ def run_evaluation(train, val, arch="resnetap10", subset="custom", ipc=None, sel
                        config=config, device=str(dev), info=info)
             record(out_path, rec)
             runs.append(rec)
+            trained = True
         stats = _stats(runs)
         tag = f"{os.path.basename(os.path.abspath(train))}-{select}-ipc{ipc}-{a}"
         save_curves(os.path.join(out_dir, "curves", f"{tag}.png"),
                     {f"seed {r['seed']}": r["curve"] for r in runs}, tag)
-        record(out_path, dict(kind="summary", time=time.time(), method=method, arch=a, train=train,
-                              subset=sub.name, select=select,
-                              ipc=ipc, epochs=epochs, seeds=[r["seed"] for r in runs], **stats,
-                              fingerprint=fp["train"], protocol=protocol, config=config, info=info))
+        if trained:  # a rerun that found every run finished adds nothing to the results file
+            record(out_path, dict(kind="summary", time=time.time(), method=method, arch=a, train=train,
+                                  subset=sub.name, select=select,
+                                  ipc=ipc, epochs=epochs, seeds=[r["seed"] for r in runs], **stats,
+                                  fingerprint=fp["train"], protocol=protocol, config=config, info=info))
         log(f"[{a}] best {stats['best_mean']:.2f} ± {stats['best_std']:.2f}   last {stats['last_mean']:.2f} ± "
             f"{stats['last_std']:.2f}   over seeds {[r['seed'] for r in runs]}")
         summary[a] = dict(stats, runs=runs)

@@ -74,7 +74,7 @@ def bench(device, size, n, arch, epochs, workers, amp):
     return rows
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu_size", type=int, default=64)
     ap.add_argument("--n", type=int, default=512, help="train images on CPU (1,000 on CUDA)")
@@ -82,7 +82,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cpu_arch", default="convnet6")
     ap.add_argument("--no_cuda", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     info = run_info()
     configs = [("cpu", args.cpu_size, args.n, args.cpu_arch, "none")]

@@ -289,11 +289,14 @@ def write_grid(out, wnids, per_class, path=None):
     with Image.open(first) as im:
         side = im.size[0]
     tile = side if len(rows) * side <= 4096 else max(16, 4096 // len(rows))
+    if tile < 48:  # tiny images (CPU demos): enlarge by an integer factor, nearest, so pixels stay visible
+        tile *= -(-48 // tile)
     canvas = Image.new("RGB", (per_class * tile, len(rows) * tile))
     for r, row in enumerate(rows):
         for c, p in enumerate(row):
             with Image.open(p) as im:
-                canvas.paste(im.convert("RGB").resize((tile, tile), Image.BICUBIC), (c * tile, r * tile))
+                rs = Image.NEAREST if tile % side == 0 and tile >= side else Image.BICUBIC
+                canvas.paste(im.convert("RGB").resize((tile, tile), rs), (c * tile, r * tile))
     path = path or grid_path(out)
     atomic_save_image(canvas, path)
     return path

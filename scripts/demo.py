@@ -1,6 +1,6 @@
 """The whole method on CPU in minutes, on real data: scikit-learn's 1,797 handwritten digits (8x8, 10 classes).
 
-  1. split the digits 70/30 per class into an ImageFolder (upscaled to 16 px RGB): train and held-out test;
+  1. split the digits 70/30 per class into an ImageFolder of 8x8 RGB PNGs: train and held-out test;
   2. train a tiny class-conditional DiT from scratch on the train split (train_minimax.py --mode base);
   3. minimax fine-tune it with Difffit (train_minimax.py, the paper's losses and defaults but the epochs);
   4. sample IPC images per class from the base model and from the fine-tuned one (sample.py, 50 steps, CFG 4);
@@ -28,9 +28,9 @@ sys.path.insert(0, ROOT)
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import atomic_save_image, atomic_write_text  # noqa: E402
 
-SIZE = 16  # pixels: the 8x8 digits upscaled x2
+SIZE = 8  # pixels: the digits at their native resolution (the DiT works on 3x8x8 "latents": 16 tokens)
 # step budgets: (full demo, --quick smoke run)
-BASE_EPOCHS = (60, 1)        # base DiT: batch 64 over ~1,250 images -> 19 steps per epoch
+BASE_EPOCHS = (200, 1)       # base DiT: batch 128 over ~1,250 images -> 9 steps per epoch
 MINIMAX_STEPS = (0, 10)      # fine-tuning steps cap (0 = the epochs decide)
 MINIMAX_EPOCHS = (2, 1)      # fine-tuning at the paper's batch 8 -> ~156 steps per epoch
 SAMPLE_STEPS = (50, 5)       # sampling steps (SPEC §4: 50)
@@ -54,7 +54,7 @@ def prepare_digits(root, test_frac=0.3, seed=0):
         for split, part in (("test", idx[:n_test]), ("train", idx[n_test:])):
             for i, j in enumerate(part):
                 img = Image.fromarray((digits.images[j] * (255 / 16)).round().astype(np.uint8))  # 0..16 -> 0..255
-                img = img.resize((SIZE, SIZE), Image.BICUBIC).convert("RGB")
+                img = img.resize((SIZE, SIZE), Image.BICUBIC).convert("RGB")  # identity at 8 px
                 atomic_save_image(img, os.path.join(root, split, f"digit{k}", f"{i}.png"))
     atomic_write_text(os.path.join(root, "DONE"), "sklearn digits, 70/30 split per class, seed 0\n")
 
@@ -92,7 +92,7 @@ def comparison_grid(data, samples, path, per_class=10):
     """Real train images | base-model samples | minimax samples, a row per class."""
     panels = [("real", os.path.join(data, "train")), ("base model", os.path.join(samples, "base")),
               ("minimax", os.path.join(samples, "minimax"))]
-    tile, gap, head = SIZE * 2, 12, 14
+    tile, gap, head = SIZE * 4, 12, 14
     w = len(panels) * per_class * tile + (len(panels) - 1) * gap
     img = Image.new("RGB", (w, head + 10 * tile), "white")
     draw = ImageDraw.Draw(img)
@@ -123,6 +123,7 @@ def main(argv=None):
     data, samples, runs = os.path.join(out, "data"), os.path.join(out, "samples"), os.path.join(out, "runs")
     results = os.path.join(out, "eval", "results.jsonl")
     cfg = ["--config", os.path.join(ROOT, "configs", "demo.yaml")]
+    cache = ["--cache_dir", os.path.join(out, "cache")]
     t0 = time.time()
 
     print(f"[1/5] real digits -> {data}/train, {data}/test", flush=True)
@@ -130,12 +131,13 @@ def main(argv=None):
     train_dir, test_dir = os.path.join(data, "train"), os.path.join(data, "test")
 
     print("[2/5] base DiT from scratch (DiT-T/2, pixel space)", flush=True)
-    run(["train_minimax.py", *cfg, "--mode", "base", "--data_dir", train_dir, "--run_dir", os.path.join(runs, "base"),
-         "--batch_size", "64", "--lr", "0.001", "--ema_decay", "0.99", "--epochs", str(BASE_EPOCHS[q])], log)
+    run(["train_minimax.py", *cfg, *cache, "--mode", "base", "--data_dir", train_dir,
+         "--run_dir", os.path.join(runs, "base"),
+         "--batch_size", "128", "--lr", "0.003", "--ema_decay", "0.995", "--epochs", str(BASE_EPOCHS[q])], log)
     base_ckpt = os.path.join(runs, "base", "checkpoint.pt")
 
     print("[3/5] minimax fine-tuning with Difffit (paper defaults: batch 8, lr 1e-3, N_M 64)", flush=True)
-    run(["train_minimax.py", *cfg, "--base", base_ckpt, "--data_dir", train_dir,
+    run(["train_minimax.py", *cfg, *cache, "--base", base_ckpt, "--data_dir", train_dir,
          "--run_dir", os.path.join(runs, "minimax"), "--epochs", str(MINIMAX_EPOCHS[q]), "--ema_decay", "0.99",
          "--max_steps", str(MINIMAX_STEPS[q])], log)
 

@@ -100,7 +100,8 @@ def build_rows(groups, published, table, metric="best"):
     idx = 0 if metric == "best" else 1
     rows = []
     for subset in subsets:
-        for ipc in ipcs + (["full"] if "full" in methods else []):
+        measured = {k[3] for k in groups if k[0] == subset and k[1] in methods and isinstance(k[3], int)}
+        for ipc in sorted(set(ipcs) | measured) + (["full"] if "full" in methods else []):
             for arch in archs:
                 for method in methods:
                     if (method == "full") != (ipc == "full"):
