@@ -9,7 +9,7 @@ import torch
 from torchvision import transforms as T
 from torchvision.ops import roi_align
 
-from data.eval_data import load_rgb
+from data.folder import load_rgb
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data.folder import load_rgb
 from data.subsets import list_class_dirs, list_images
 from utils.errors import UserError
 
@@ -81,15 +82,6 @@ def fingerprint(paths):
 
 
 #### Decoding ################################################################################################
-
-def load_rgb(path):
-    """Decode one image to RGB; a corrupt file becomes a UserError naming it."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace the file") from None
-
 
 def resize_center_crop(img, size):
     """Resize the short side to `size` (bilinear, antialiased) then centre-crop size x size: the load transform."""
