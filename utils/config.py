@@ -1,12 +1,14 @@
 """One config system for every script: YAML files set defaults, `--key value` overrides any key.
 
-A script declares its keys as `{key: (default, help)}`. The resolved config is a flat dict; unknown keys
-(in YAML or on the command line) are errors that suggest the closest known key.
+A script declares its keys as `{key: Key(default, help, ...)}` (type, range, choices, path role: the schema).
+The legacy `(default, help)` tuple is still read while the tools migrate. The resolved config is a flat dict;
+unknown keys (in YAML or on the command line) are errors that suggest the closest known key.
 """
 import argparse
 import difflib
 import os
 import sys
+from dataclasses import dataclass
 
 import yaml
 
@@ -56,6 +58,33 @@ def coerce(key, value, default):
         return yaml.safe_load(value)
     except yaml.YAMLError:
         return value
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key, declared once: its default, help text, and what values are allowed.
+
+    type: "int" | "float" | "bool" | "str" | "list" | "any" (None: from the default's type).
+    choices: allowed values (strings compared as given). lo / hi: inclusive bounds; gt / lt: exclusive bounds.
+    null: None is allowed (the default may be None). finite: floats must be finite (True unless said otherwise).
+    path: "file" | "dir" | "exists" (must exist), "out_dir" / "out_file" (created; its parent must be creatable).
+    """
+    default: object
+    help: str
+    type: str = None
+    choices: tuple = None
+    lo: float = None
+    hi: float = None
+    gt: float = None
+    lt: float = None
+    null: bool = False
+    finite: bool = True
+    path: str = None
+
+
+def as_key(entry):
+    """A Key from a declaration: a Key, or a legacy (default, help) tuple."""
+    return entry if isinstance(entry, Key) else Key(entry[0], entry[1])
 
 
 SECTIONS = ("train", "sample", "evaluate", "reproduce")  # one subset YAML drives the three scripts and the pipeline
