@@ -1,5 +1,5 @@
 """Every key of train_minimax.py with its default (SPEC §2-3) and what it does; validation of a resolved config."""
-from utils.config import suggest, coerce
+from utils.config import as_key, coerce, suggest
 from utils.errors import UserError
 
 # key -> (default, help). configs/train_default.yaml spells out the same defaults; configs/tiny.yaml is the
@@ -88,11 +88,11 @@ NON_NEGATIVE = ("max_steps", "keep_every", "num_workers", "num_classes", "debug_
 
 def full_config(overrides=None):
     """Defaults <- overrides (a dict, e.g. from the demo), type-coerced and validated like the command line."""
-    cfg = {k: d for k, (d, _) in CONFIG.items()}
+    cfg = {k: as_key(e).default for k, e in CONFIG.items()}
     for k, v in (overrides or {}).items():
         if k not in CONFIG:
             raise UserError(f"unknown config key '{k}'{suggest(k, CONFIG)}")
-        cfg[k] = coerce(k, v, CONFIG[k][0])
+        cfg[k] = coerce(k, v, as_key(CONFIG[k]).default)
     return validate(cfg)
 
 

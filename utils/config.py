@@ -122,15 +122,16 @@ def parse_config(spec, argv=None, description="", prog=None, section=None):
     `section` ("train", "sample" or "evaluate") to this one. Returns a dict with exactly the keys of `spec`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    spec = {k: as_key(v) for k, v in spec.items()}
     lines = [description, "", "config keys (set in a YAML file via --config, or as --key value):"]
-    for k, (d, h) in spec.items():
-        lines.append(f"  --{k} {d!r:<14} {h}")
+    for k, e in spec.items():
+        lines.append(f"  --{k} {e.default!r:<14} {e.help}")
     if argv and argv[0] in ("-h", "--help"):
         print(f"usage: {prog or os.path.basename(sys.argv[0])} [--config FILE ...] [--key value ...]")
         print("\n".join(lines))
         sys.exit(0)
 
-    cfg = {k: d for k, (d, _) in spec.items()}
+    cfg = {k: e.default for k, e in spec.items()}
     files, overrides, i = [], [], 0
     while i < len(argv):
         tok = argv[i]
@@ -141,7 +142,7 @@ def parse_config(spec, argv=None, description="", prog=None, section=None):
         if not eq:
             if i + 1 < len(argv) and not (argv[i + 1].startswith("--") and len(argv[i + 1]) > 2):
                 val, i = argv[i + 1], i + 1
-            elif key in spec and isinstance(spec[key][0], bool):
+            elif key in spec and isinstance(spec[key].default, bool):
                 val = "true"  # a bare boolean flag
             else:
                 raise UserError(f"option --{key} needs a value")
@@ -154,9 +155,9 @@ def parse_config(spec, argv=None, description="", prog=None, section=None):
         i += 1
     for path in files:
         for k, v in read_yaml(path, spec, section).items():
-            cfg[k] = coerce(k, v, spec[k][0])
+            cfg[k] = coerce(k, v, spec[k].default)
     for k, v in overrides:
-        cfg[k] = coerce(k, v, spec[k][0])
+        cfg[k] = coerce(k, v, spec[k].default)
     return cfg
 
 
