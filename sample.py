@@ -4,16 +4,19 @@ batched, with per-image seeds, resumable, and sharded across GPUs under torchrun
   python sample.py --config configs/sample.yaml --ckpt results/woof/checkpoint.pt --out results/samples/woof
   python sample.py --config configs/sample.yaml --ckpt none --out results/samples/woof-dit      # the "DiT" baseline
   torchrun --nproc_per_node=8 sample.py --config configs/sample.yaml --ckpt ... --out ...       # same images, faster
+  python sample.py --config configs/sample.yaml --ckpt ... --guidance mode --train_dir /data/imagenet/train --ipc 10 \
+      --out results/samples/woof-mode-ipc10       # MGD³ mode guidance: modes (k-means, k = ipc) from the latent cache
 
 Rerunning the same command skips the images that exist; a larger --ipc adds images (IPC-10 = the first 10 of
-IPC-100). manifest.json in <out> records the config, weights identity, seeds and versions; <out>_grid.png previews.
+IPC-100; not with --guidance mode, whose modes depend on the IPC: each IPC gets its own folder). manifest.json in
+<out> records the config, weights identity, seeds and versions; <out>_grid.png previews.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from utils.config import parse_config  # noqa: E402
+from utils.config import Key, parse_config  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 DEFAULT_BASE = ("DiT-XL-2-256x256.pt", "facebook/DiT-XL-2-256")
@@ -24,7 +27,8 @@ CONFIG = {
     "subset": ("imagewoof", "registered subset (imagewoof, imagenette, imageidc, imagenet100, imagenet1k) or custom"),
     "phase": (None, "imagenet100: block of 20 classes (0-4) the checkpoint was fine-tuned on; null = all classes"),
     "class_file": (None, "custom subset: one class folder name (wnid) per line, in label order"),
-    "train_dir": (None, "custom subset without class_file: the class names are its sorted sub-folders"),
+    "train_dir": (None, "custom subset without class_file: the class names are its sorted sub-folders; with "
+                        "--guidance mode: the train images (<wnid>/<image>) the modes are computed from"),
     "ipc": (100, "images per class: files 0..ipc-1 (IPC-k of a larger set = its first k images)"),
     "ckpt": ("", "REQUIRED: fine-tuned checkpoint (train_minimax.py's checkpoint.pt, or any DiT weights), or 'none' "
                  "for the pretrained DiT without fine-tuning (the paper's DiT baseline)"),
@@ -42,6 +46,22 @@ CONFIG = {
     "cfg_channels": ("3", "latent channels guided: 3 (DiT's and the authors', the 4th comes from the conditional "
                           "half) or 'all'"),
     "seed": (0, "image i of class c uses seed sha256(seed/c/i): the same whatever the batch, IPC or GPU count"),
+    #### mode guidance (MGD³, training-free; README "Mode guidance")
+    "guidance": Key("none", "none (the authors' sampler) | mode: guide image i of class c towards mode i of c, the "
+                            "k-means centroids (k = ipc) of c's train latents; no extra model call",
+                    type="str", choices=("none", "mode")),
+    "mode_scale": Key(0.1, "mode guidance strength lambda: each step adds -lambda * sigma_t * (x0_hat - mode) "
+                           "(ddim: -lambda * (x0_hat - mode) to x0_hat); MGD³'s 0.1", type="float", lo=0.0),
+    "mode_stop": Key(25, "guide only while the step index t > mode_stop (t counts num_steps-1 -> 0); MGD³: 25 of 50 "
+                         "(its sweep: 20 best, 10-30 fine)", type="int", lo=0),
+    "modes": Key("centroid", "centroid (k-means centres, MGD³'s) | nearest (the real train latent nearest to each "
+                             "centre, a weaker variant)", type="str", choices=("centroid", "nearest")),
+    "cache_dir": Key("cache/latents", "guidance: latent caches and modes files (train_minimax.py's cache_dir, shared: "
+                                      "an existing cache of the same data and encoder is reused)",
+                     type="str", path="out_dir"),
+    "modes_vae": Key("stabilityai/sd-vae-ft-ema", "guidance: the encoder of the latent cache the modes come from "
+                                                  "(ft-ema and ft-mse share SD-VAE's encoder: only the decoders "
+                                                  "differ); 'pixel' for pixel models", type="str"),
     #### speed
     "batch_size": (32, "images sampled together per process (on a large GPU raise it with micro_batch, e.g. 128)"),
     "micro_batch": (32, "images per model call, the last call padded: fixed shapes make an image independent of "
@@ -80,6 +100,15 @@ def check_config(cfg):
         raise UserError(f"unknown precision '{cfg['precision']}'; choose one of {', '.join(PRECISIONS)}")
     if not 2 <= cfg["num_steps"] <= 1000:
         raise UserError(f"num_steps must be in 2..1000, got {cfg['num_steps']}")
+    if cfg["guidance"] not in ("none", "mode") or cfg["modes"] not in ("centroid", "nearest"):
+        raise UserError(f"guidance must be none or mode and modes centroid or nearest, got {cfg['guidance']!r} and "
+                        f"{cfg['modes']!r}")
+    if cfg["guidance"] == "mode":
+        if not cfg["train_dir"]:
+            raise UserError("--guidance mode needs --train_dir: the train folder (<wnid>/<image>) the modes come from")
+        if cfg["mode_scale"] < 0 or not 0 <= cfg["mode_stop"] < cfg["num_steps"] - 1:
+            raise UserError(f"mode_scale must be >= 0 and mode_stop in 0..{cfg['num_steps'] - 2} (guidance runs "
+                            f"while the step index > mode_stop), got {cfg['mode_scale']} and {cfg['mode_stop']}")
     if cfg["batch_size"] < 1 or cfg["micro_batch"] < 0:
         raise UserError(f"batch_size must be >= 1 and micro_batch >= 0, got {cfg['batch_size']}, {cfg['micro_batch']}")
     ch = str(cfg["cfg_channels"]).lower()
@@ -107,6 +136,10 @@ def main(argv=None):
     cfg_channels = check_config(cfg)
     from data.subsets import resolve_subset
     subset = resolve_subset(cfg["subset"], cfg["train_dir"], cfg["class_file"], cfg["phase"])
+    train_data = None
+    if cfg["guidance"] == "mode":  # listed now: a wrong train dir fails before anything is loaded
+        from data.folder import SubsetImageFolder
+        train_data = SubsetImageFolder(cfg["train_dir"], subset, cfg["image_size"], flip=False)
 
     import torch
     from models.diffusion import Diffusion
@@ -146,13 +179,24 @@ def main(argv=None):
     identity = {"weights": dict(ident, ema=cfg["ema"], base=meta.get("base")), "vae": vae_identity(cfg["vae"]),
                 "image_size": cfg["image_size"]}
     diffusion = Diffusion.linear(1000).respaced(cfg["num_steps"])
+    guide = {}
+    if train_data is not None:  # the modes file is built once (rank 0) and then only read
+        from data.modes import ensure_modes, load_modes
+        path = ensure_modes(train_data, cfg["ipc"], cfg["cache_dir"], cfg["modes_vae"], is_main=dist.is_main,
+                            device=dist.device, progress=cfg["progress"])
+        modes, info = load_modes(path, subset.wnids, cfg["ipc"], cfg["modes"])
+        if tuple(modes.shape[2:]) != (arch["in_channels"], latent, latent):
+            raise UserError(f"modes_vae {cfg['modes_vae']} gives {'x'.join(map(str, modes.shape[2:]))} latents but "
+                            f"the model takes {arch['in_channels']}x{latent}x{latent}; pass the encoder of --vae "
+                            f"(pixel for pixel models)")
+        guide = dict(modes=modes, mode_scale=cfg["mode_scale"], mode_stop=cfg["mode_stop"], modes_info=info)
     stats = sample_folder(model, vae, diffusion, subset.wnids, labels, cfg["ipc"], cfg["out"], seed=cfg["seed"],
                           sampler=cfg["sampler"], eta=cfg["ddim_eta"], cfg_scale=cfg["cfg_scale"],
                           cfg_channels=cfg_channels, batch_size=cfg["batch_size"], micro_batch=cfg["micro_batch"],
                           precision=cfg["precision"], device=dist.device, compile=cfg["compile"],
                           overwrite=cfg["overwrite"], grid=cfg["grid"], identity=identity, config=dict(cfg),
                           rank=dist.rank, world_size=dist.world_size, progress=cfg["progress"],
-                          debug_kill_after=cfg["debug_kill_after"])
+                          debug_kill_after=cfg["debug_kill_after"], **guide)
     if dist.is_main:
         print(f"{stats['written']} image(s) written on rank 0 of {dist.world_size}, {stats['skipped']} kept, "
               f"{stats['images_per_s']:.2f} img/s; folder {cfg['out']}, grid {stats['grid']}")

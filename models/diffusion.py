@@ -135,20 +135,27 @@ class Diffusion:
         return {"loss": mse + vb, "mse": mse, "vb": vb, "pred_x0": self.predict_x0(xt, t, eps), "xt": xt}
 
     ############################################## sampling #############################################
-    def p_step(self, model_out, x, i, noise):
+    def p_step(self, model_out, x, i, noise, mode=None, mode_scale=0.0):
         """One ancestral step from step i with the given noise: x_{i-1} = mean + sigma * noise (no noise at i=0).
-        No x0 clipping (latent space)."""
+        No x0 clipping (latent space). With a mode m (N, C, H, W), MGD³'s mode guidance:
+        x_{i-1} = mean + g + sigma * noise, g = -mode_scale * sigma * (x0_hat - m), x0_hat from the same eps."""
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        mean, log_var, _ = self.p_mean_variance(model_out, x, t)
+        mean, log_var, x0 = self.p_mean_variance(model_out, x, t)
         if i == 0:
             return mean  # the last step adds no noise
-        return mean + torch.exp(0.5 * log_var) * noise
+        sigma = torch.exp(0.5 * log_var)
+        if mode is not None:
+            mean = mean - mode_scale * sigma * (x0 - mode)
+        return mean + sigma * noise
 
-    def ddim_step(self, model_out, x, i, noise=None, eta=0.0):
-        """One DDIM step from step i (eta = 0: deterministic)."""
+    def ddim_step(self, model_out, x, i, noise=None, eta=0.0, mode=None, mode_scale=0.0):
+        """One DDIM step from step i (eta = 0: deterministic). With a mode m: the predicted x0 moves by
+        -mode_scale * (x0_hat - m) before the step (MGD³'s DDIM variant); eps is kept."""
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         eps = model_out.chunk(2, dim=1)[0] if model_out.shape[1] == 2 * x.shape[1] else model_out
         x0 = self.predict_x0(x, t, eps)
+        if mode is not None:
+            x0 = x0 - mode_scale * (x0 - mode)
         ab = self._coef("alphas_cumprod", t, x)
         ab_prev = self._coef("alphas_cumprod_prev", t, x)
         sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)

@@ -153,12 +153,15 @@ class ImageNoise:
 
 @torch.no_grad()
 def sample_latents(model, diffusion, labels, seeds, *, sampler="ancestral", eta=0.0, cfg_scale=4.0, cfg_channels=3,
-                   micro_batch=32, precision="fp32", device="cpu", forward=None):
+                   micro_batch=32, precision="fp32", device="cpu", forward=None, modes=None, mode_scale=0.1,
+                   mode_stop=25):
     """Latents (N, C, H, W) float32 for DiT labels (N,) and per-image seeds (N,).
 
     ancestral: x_T, then at step i = n-1..0 the model sees the ORIGINAL timestep diffusion.timesteps[i] and
     p_step(out, x, i, noise_i) is applied; each image draws x_T and noise_{n-1}, ..., noise_0 from its own generator
     (noise_0 is drawn but unused, as in DiT). ddim: the same with ddim_step; noise is drawn only when eta > 0.
+    modes (N, C, H, W): each image's mode for MGD³'s mode guidance, applied while the step index i > mode_stop
+    (i counts n-1 -> 0); it reuses the guided eps of the step, so it adds no model call. None: no guidance.
     """
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
@@ -168,14 +171,16 @@ def sample_latents(model, diffusion, labels, seeds, *, sampler="ancestral", eta=
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
     x = noise.draw()  # (N, C, H, W): x_T
     dtype = PRECISIONS[precision]
+    modes = None if modes is None else torch.as_tensor(modes, dtype=torch.float32).to(device)  # (N, C, H, W)
     for i in reversed(range(diffusion.num_steps)):
         t = diffusion.model_timesteps(i, len(x), device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = guided_eps(model, x, t, y, cfg_scale, cfg_channels, micro_batch, forward)  # (N, 2C, H, W)
+        guide = {"mode": modes, "mode_scale": mode_scale} if modes is not None and i > mode_stop else {}
         if sampler == "ancestral":
-            x = diffusion.p_step(out, x, i, noise.draw())
+            x = diffusion.p_step(out, x, i, noise.draw(), **guide)
         else:
-            x = diffusion.ddim_step(out, x, i, noise.draw() if eta > 0 else None, eta=eta)
+            x = diffusion.ddim_step(out, x, i, noise.draw() if eta > 0 else None, eta=eta, **guide)
     return x
 
 
@@ -309,13 +314,16 @@ def write_grid(out, wnids, per_class, path=None):
 def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sampler="ancestral", eta=0.0,
                   cfg_scale=4.0, cfg_channels=3, batch_size=32, micro_batch=32, precision="fp32", device="cpu",
                   compile=False, overwrite=False, grid=10, identity=None, config=None, rank=0, world_size=1,
-                  progress=True, debug_kill_after=0):
+                  progress=True, debug_kill_after=0, modes=None, mode_scale=0.1, mode_stop=25, modes_info=None):
     """Sample images 0..ipc-1 of every class into out/<wnid>/<i>.png; existing images are kept (resume).
 
     model: DiT in eval mode on `device`; vae: models.vae encoder; diffusion: the respaced process; labels[j]: DiT
     label of class wnids[j]; identity: what else fixes the pixels (weights, VAE, ...), recorded in manifest.json and
     compared on resume (without a "weights" entry the weights are fingerprinted); config: recorded as is. With world_size > 1 (torchrun), the missing images are split across
-    ranks. Returns {"written", "skipped", "seconds", "images_per_s", "grid", "manifest"}.
+    ranks. modes (K, ipc, C, H, W), aligned with wnids: image i of class j is mode-guided towards modes[j, i]
+    (mode_scale, mode_stop as in sample_latents); modes_info (e.g. the modes file's sha256 and IPC) is recorded in
+    the manifest and compared on resume. Returns {"written", "skipped", "seconds", "images_per_s", "grid",
+    "manifest"}.
     """
     if ipc <= 0:
         raise UserError(f"ipc must be at least 1, got {ipc}")
@@ -335,6 +343,14 @@ def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sam
                   cfg_scale=cfg_scale, cfg_channels=cfg_channels, seed=seed, precision=precision,
                   micro_batch=micro_batch, device=device.type,
                   tf32=device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+    if modes is not None:  # only guided folders carry the key: unguided manifests stay as they were
+        modes = torch.as_tensor(modes, dtype=torch.float32)
+        if modes.ndim != 5 or len(modes) != len(wnids) or modes.shape[1] != ipc or tuple(modes.shape[2:]) != (
+                model.in_channels, model.arch["input_size"], model.arch["input_size"]):
+            raise UserError(f"modes of shape {tuple(modes.shape)} do not fit {len(wnids)} classes x IPC {ipc} of "
+                            f"{model.in_channels}x{model.arch['input_size']}x{model.arch['input_size']} latents; "
+                            f"compute the modes for this IPC, class list and VAE")
+        pixels["guidance"] = dict(modes_info or {}, kind="mode", scale=mode_scale, stop=mode_stop)
     pixels = json.loads(json.dumps(pixels))  # compared with what JSON gives back on resume
     classes = dict(zip(wnids, labels))
 
@@ -378,9 +394,11 @@ def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sam
         for a in range(0, len(mine), batch_size):
             batch = mine[a:a + batch_size]
             seeds = [image_seed(seed, wnids[j], i) for j, i in batch]
+            guide = {} if modes is None else {"modes": modes[[j for j, _ in batch], [i for _, i in batch]],
+                                              "mode_scale": mode_scale, "mode_stop": mode_stop}
             z = sample_latents(model, diffusion, [labels[j] for j, _ in batch], seeds, sampler=sampler, eta=eta,
                                cfg_scale=cfg_scale, cfg_channels=cfg_channels, micro_batch=micro_batch,
-                               precision=precision, device=device, forward=forward)
+                               precision=precision, device=device, forward=forward, **guide)
             imgs = decode_uint8(vae, z, micro_batch)  # (B, H, W, 3)
             pending += [pool.submit(save, arr, image_path(out, wnids[j], i)) for (j, i), arr in zip(batch, imgs)]
             for f in [f for f in pending if f.done()]:
