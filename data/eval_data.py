@@ -51,10 +51,26 @@ def check_same_classes(train_root, val_root, wnids):
                         f"{' ...' if len(absent) > 5 else ''}; val folders must be named like the train folders")
 
 
+def guided_ipc(root):
+    """The IPC a mode-guided sample folder was made for (its manifest's guidance record), else None."""
+    path = os.path.join(root, "manifest.json")
+    if not os.path.isfile(path):
+        return None
+    import json
+    with open(path) as f:
+        guidance = (json.load(f).get("pixels") or {}).get("guidance")
+    return guidance.get("ipc") if guidance else None
+
+
 def take_first(files, ipc, root):
-    """Images 0..ipc-1 of each class (numeric order); error if a class has fewer."""
+    """Images 0..ipc-1 of each class (numeric order); error if a class has fewer, or if the folder is mode-guided
+    for another IPC (its modes are the k-means of that IPC: its first k images are not an IPC-k set)."""
     if ipc is None:
         return files
+    made = guided_ipc(root)
+    if made is not None and made != ipc:
+        raise UserError(f"{root} was sampled with mode guidance for IPC {made}: its first {ipc} images are not an "
+                        f"IPC-{ipc} set (the modes depend on the IPC); sample IPC {ipc} into its own folder")
     short = {w: len(f) for w, f in files.items() if len(f) < ipc}
     if short:
         w, n = next(iter(short.items()))

@@ -32,7 +32,8 @@ from utils.io import atomic_write_text  # noqa: E402
 DEFAULT_PLAN = {"ipcs": [10, 20, 50, 70, 100], "archs": ["convnet6", "resnetap10", "resnet18"], "repeat": 3,
                 "baselines": ["dit", "random", "herding", "kcenter", "full"], "kcenter_archs": ["resnetap10"],
                 "kcenter_ipcs": [10, 50, 100], "sample_ipc": 100, "phases": None,
-                "method": "minimax"}  # method: the tag of the fine-tuned variant (ablations: e.g. mean-off)
+                "method": "minimax",  # method: the tag of the fine-tuned variant (ablations: e.g. mean-off)
+                "finetune": None}  # tag of the fine-tuning run sampled (null: method); mode guidance reuses minimax's
 
 
 @dataclass
@@ -80,8 +81,24 @@ def plan_for(config_files):
     return plan
 
 
+def sample_setting(config_files, key, default=None):
+    """A sample.py key as the layered config files set it (top level or `sample:` block; later files win)."""
+    value = default
+    for path in config_files:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        for block in (data, data.get("sample") or {}):
+            if key in block:
+                value = block[key]
+    return value
+
+
 def build_steps(subset, imagenet, out, configs, ngpu):
-    """The ordered steps of a full reproduction of `subset`."""
+    """The ordered steps of a full reproduction of `subset`.
+
+    With mode guidance (`guidance: mode` for sample.py, configs/guidance/mode.yaml) the modes are the k-means of
+    each IPC, so IPC k is not the first k images of IPC 100: every evaluated IPC is sampled into its own folder
+    `samples/<tag>-ipc<k>` (as MGD³ does), and the DiT baseline becomes `dit-mode`."""
     plan = plan_for(configs)
     train_dir, val_dir = os.path.join(imagenet, "train"), os.path.join(imagenet, "val")
     cfg = [a for c in configs for a in ("--config", c)]
@@ -90,30 +107,42 @@ def build_steps(subset, imagenet, out, configs, ngpu):
     steps = []
     phases = plan["phases"] or [None]
     samples = os.path.join(out, "samples")
-    method = plan["method"]
+    method, finetune = plan["method"], plan["finetune"] or plan["method"]
+    guidance = str(sample_setting(configs, "guidance", "none")).lower()
+    guided = guidance != "none"
+    # (folder suffix, --ipc) of each sample folder: one IPC-100 set, or one folder per IPC with guidance
+    sets = [(f"-ipc{k}", k) for k in plan["ipcs"]] if guided else [("", plan["sample_ipc"])]
+    extra = ["--train_dir", train_dir] if guided else []  # the modes come from the train images
     for p in phases:
         tag = f"{method}" if p is None else f"{method}-p{p}"
+        ft = f"{finetune}" if p is None else f"{finetune}-p{p}"
         ph = [] if p is None else ["--phase", str(p)]
-        run_dir = os.path.join(out, f"finetune-{tag}")
-        steps.append(Step(f"finetune-{tag}", launcher("train_minimax.py", ngpu) + cfg + [
+        run_dir = os.path.join(out, f"finetune-{ft}")
+        steps.append(Step(f"finetune-{ft}", launcher("train_minimax.py", ngpu) + cfg + [
             "--subset", subset, *ph, "--data_dir", train_dir, "--run_dir", run_dir]))
-        steps.append(Step(f"sample-{tag}", launcher("sample.py", ngpu) + cfg + [
-            "--subset", subset, *ph, "--ckpt", os.path.join(run_dir, "checkpoint.pt"),
-            "--ipc", str(plan["sample_ipc"]), "--out", os.path.join(samples, tag)]))
+        for suffix, ipc in sets:
+            steps.append(Step(f"sample-{tag}{suffix}", launcher("sample.py", ngpu) + cfg + [
+                "--subset", subset, *ph, "--ckpt", os.path.join(run_dir, "checkpoint.pt"), *extra,
+                "--ipc", str(ipc), "--out", os.path.join(samples, tag + suffix)]))
     if phases != [None]:  # one folder of every class for evaluation: links to the phase folders' class dirs
-        steps.append(Step(f"merge-{method}", [sys.executable, os.path.join("scripts", "reproduce.py"), "--merge",
-                                              os.path.join(samples, method)] +
-                          [os.path.join(samples, f"{method}-p{p}") for p in phases], gpus="none"))
+        for suffix, _ in sets:
+            steps.append(Step(f"merge-{method}{suffix}", [
+                sys.executable, os.path.join("scripts", "reproduce.py"), "--merge", os.path.join(
+                    samples, method + suffix)] + [os.path.join(samples, f"{method}-p{p}{suffix}") for p in phases],
+                gpus="none"))
+    dit = f"dit-{guidance}" if guided else "dit"
     if "dit" in plan["baselines"]:
-        steps.append(Step("sample-dit", launcher("sample.py", ngpu) + cfg + [
-            "--subset", subset, "--ckpt", "none", "--ipc", str(plan["sample_ipc"]),
-            "--out", os.path.join(samples, "dit")]))
+        for suffix, ipc in sets:
+            steps.append(Step(f"sample-{dit}{suffix}", launcher("sample.py", ngpu) + cfg + [
+                "--subset", subset, "--ckpt", "none", *extra, "--ipc", str(ipc),
+                "--out", os.path.join(samples, dit + suffix)]))
     ev = [sys.executable, "evaluate.py"] + cfg + ["--subset", subset, "--val", val_dir, "--results", results,
                                                   "--repeat", str(plan["repeat"])]
-    methods = [method] + [m for m in ("dit",) if m in plan["baselines"]]
+    methods = [method] + [dit for m in ("dit",) if m in plan["baselines"]]
     for ipc in plan["ipcs"]:
         for m in methods:
-            steps.append(Step(f"eval-{m}-ipc{ipc}", ev + ["--train", os.path.join(samples, m), "--method", m,
+            folder = os.path.join(samples, f"{m}-ipc{ipc}" if guided else m)
+            steps.append(Step(f"eval-{m}-ipc{ipc}", ev + ["--train", folder, "--method", m,
                                                            "--arch", archs, "--ipc", str(ipc)], gpus="one"))
         for m in ("random", "herding"):
             if m in plan["baselines"]:

@@ -1,4 +1,5 @@
-"""Paper-layout tables (Tables 1, 3, 5) from evaluation results, with the published numbers side by side.
+"""Paper-layout tables (Tables 1, 3, 5, and mode guidance against MGD³'s published rows) from evaluation results,
+with the published numbers side by side.
 
     python scripts/tables.py results/ [more.jsonl ...] [--metric best|last] [--out DIR]
 
@@ -23,7 +24,7 @@ from utils.io import atomic_write_text  # noqa: E402
 PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published.yaml")
 ARCH_NAMES = {"convnet6": "ConvNet-6", "resnetap10": "ResNetAP-10", "resnet18": "ResNet-18"}
 METHOD_NAMES = {"random": "Random", "herding": "Herding", "kcenter": "K-Center", "dit": "DiT", "minimax": "Minimax",
-                "full": "Full"}
+                "full": "Full", "dit-mode": "DiT + mode (MGD³)", "minimax-mode": "Minimax + mode"}
 ABLATION = [("off-off", "Difffit only"), ("mean-off", "L_r (mean)"), ("minimax-off", "L_r (minimax)"),
             ("off-mean", "L_d (mean)"), ("off-minimax", "L_d (minimax)"), ("mean-mean", "L_r + L_d (mean)"),
             ("minimax-minimax", "L_r + L_d (minimax)")]
@@ -33,6 +34,9 @@ TABLES = {
           ["convnet6", "resnetap10", "resnet18"], [10, 20, 50, 70, 100]),
     "3": (["imagenette", "imageidc"], ["random", "dit", "minimax"], ["resnetap10"], [10, 20, 50]),
     "5": (["imagewoof", "imageidc"], [m for m, _ in ABLATION], ["resnetap10"], [10, 50]),
+    # mode guidance (configs/guidance/mode.yaml); MGD³ = DiT + mode guidance, its published numbers in dit-mode
+    "mode": (["imagewoof"], ["dit", "dit-mode", "minimax", "minimax-mode"], ["convnet6", "resnetap10", "resnet18"],
+             [10, 50, 100]),
 }
 
 
@@ -138,7 +142,8 @@ def markdown(rows, table, metric):
     subsets, methods, archs, _ = TABLES[table]
     names = dict(ABLATION) if table == "5" else METHOD_NAMES
     title = {"1": "Table 1: ImageWoof", "3": "Table 3: ImageNette / ImageIDC (ResNetAP-10)",
-             "5": "Table 5: ablation of the minimax scheme (ResNetAP-10)"}[table]
+             "5": "Table 5: ablation of the minimax scheme (ResNetAP-10)",
+             "mode": "Mode guidance: ImageWoof, published MGD³ (Chan-Santiago et al., ICML 2025) as DiT + mode"}[table]
     out = [f"### {title} — top-1 % ({metric} over the run), ours (paper, difference)", ""]
     out.append("| Subset | IPC | Network | " + " | ".join(names[m] for m in methods) + " |")
     out.append("|" + "---|" * (3 + len(methods)))
@@ -160,7 +165,7 @@ def to_csv(rows):
     return buf.getvalue()
 
 
-def make_tables(paths, metric="best", tables=("1", "3", "5"), published_path=PUBLISHED):
+def make_tables(paths, metric="best", tables=("1", "3", "5", "mode"), published_path=PUBLISHED):
     """(markdown, csv text) of the requested tables; tables with no result at all are left out."""
     with open(published_path) as f:
         published = yaml.safe_load(f)
@@ -179,7 +184,7 @@ def main(argv=None):
     p.add_argument("results", nargs="+", help="results.jsonl files or folders holding them")
     p.add_argument("--metric", choices=["best", "last"], default="best",
                    help="best = max test accuracy over the run (the authors' report); last = final epoch")
-    p.add_argument("--tables", default="1,3,5", help="comma-separated: 1, 3, 5")
+    p.add_argument("--tables", default="1,3,5,mode", help="comma-separated: 1, 3, 5, mode")
     p.add_argument("--out", default=None, help="folder for tables.md and tables.csv (default: print only)")
     args = p.parse_args(argv)
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
