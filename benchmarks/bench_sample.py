@@ -6,7 +6,8 @@ random weights, 20 steps, 4 images one at a time, 16 batched in fp32, 8 in bf16 
 CUDA default: DiT-XL/2 at 256 px (32x32x4 latents) decoded by SD-VAE (stabilityai/sd-vae-ft-mse if available,
 else a random AutoencoderKL of the same shape), random DiT weights (speed does not depend on them), with the
 compute-floor ratio of SPEC §8: images x steps x 2 (guidance) x 118.6 GFLOP at 800 TFLOP/s.
-Run: python benchmarks/run.py sample [--device cuda] [--images N] [--batch B] [--compile] [--no_append]"""
+Run: python benchmarks/run.py sample [--device cuda] [--images N] [--batch B] [--compile] [--no_append]
+     python benchmarks/run.py sample --guidance_rounds R [--threads T]   # mode guidance vs none, alternating"""
 import argparse
 import os
 import shutil
@@ -52,14 +53,16 @@ def sd_vae(device):
         return SDVAE(model.to(device), identity="random"), "random SD-VAE shape"
 
 
-def run(model, vae, diffusion, images, batch, micro, precision, device, compile=False):
-    """Seconds and images/s of sampling `images` images (spread over WOOF) into a fresh folder."""
+def run(model, vae, diffusion, images, batch, micro, precision, device, compile=False, guide=None):
+    """Seconds and images/s of sampling `images` images (spread over WOOF) into a fresh folder; guide: sample_folder's
+    mode-guidance keywords (modes for every class and image, mode_scale, mode_stop)."""
     per_class = -(-images // len(WOOF))
     out = tempfile.mkdtemp(prefix="bench_sample_")
     try:
         stats = sample_folder(model, vae, diffusion, WOOF, [155, 159, 162, 167], per_class, os.path.join(out, "s"),
                               batch_size=batch, micro_batch=micro, precision=precision, device=device,
-                              compile=compile, progress=False, grid=0, identity={"weights": "random"})
+                              compile=compile, progress=False, grid=0, identity={"weights": "random"},
+                              **(guide or {}))
     finally:
         shutil.rmtree(out)
     return stats["seconds"], stats["written"] / stats["seconds"], stats["written"]
@@ -76,6 +79,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: 50 cuda, 20 cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 avoids spin-waits on a busy machine)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile in bf16")
+    p.add_argument("--guidance_rounds", type=int, default=0, help="instead: time mode guidance against none, "
+                   "alternating the two arms this many rounds (same images, seeds and batch)")
     p.add_argument("--no_append", action="store_true", help="print only, do not append to RESULTS.md")
     args = p.parse_args(argv)
     if args.threads:
@@ -100,6 +105,9 @@ def main(argv=None):
     if args.compile:
         modes.append((f"batched {b} + compile", n, b, b, "bf16", True))
     run(model, vae, Diffusion.linear(1000).respaced(2), 4, 4, 4, "fp32", dev)  # warm-up (allocator, kernels)
+    if args.guidance_rounds:
+        return guidance_overhead(model, vae, diffusion, n, b, dev, args, f"{name}, latent {vae.latent_channels}x"
+                                 f"{latent}x{latent}, VAE {vae_name}")
     rows, base = [], None
     for label, images, batch, micro, precision, comp in modes:
         if comp:
@@ -121,6 +129,34 @@ def main(argv=None):
              f"4090 for DiT-XL/2)." + (" Floor: 1000 x steps x 2 x 118.6 GFLOP at 800 TFLOP/s (SPEC §8)." if cuda
                                        else ""))
     report("sample", rows, columns, notes=notes, append=not args.no_append)
+    return rows
+
+
+def guidance_overhead(model, vae, diffusion, images, batch, device, args, what):
+    """img/s of mode guidance (lambda 0.1, stop at half the steps as MGD³'s 25 of 50) and of none, alternating."""
+    per_class = -(-images // len(WOOF))
+    shape = (len(WOOF), per_class, model.in_channels, model.arch["input_size"], model.arch["input_size"])
+    modes = 0.5 * torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    guide = {"modes": modes, "mode_scale": 0.1, "mode_stop": diffusion.num_steps // 2,
+             "modes_info": {"sha256": "random"}}
+    ips, load_before = {"none": [], "mode": []}, os.getloadavg()[0]
+    for r in range(args.guidance_rounds):
+        for arm in (("none", "mode") if r % 2 == 0 else ("mode", "none")):  # alternate which arm goes first
+            ips[arm].append(run(model, vae, diffusion, images, batch, batch, "fp32", device,
+                                guide=guide if arm == "mode" else None)[1])
+    med = {arm: sorted(v)[len(v) // 2] for arm, v in ips.items()}
+    ratios = sorted(m / n for m, n in zip(ips["mode"], ips["none"]))
+    rows = [{"arm": arm, "rounds": len(ips[arm]), "img/s per round": ", ".join(f"{v:.2f}" for v in ips[arm]),
+             "median img/s": f"{med[arm]:.2f}"} for arm in ("none", "mode")]
+    rows.append({"arm": "mode / none", "rounds": len(ratios), "img/s per round": ", ".join(f"{v:.3f}" for v in ratios),
+                 "median img/s": f"{ratios[len(ratios) // 2]:.3f} (overhead {100 * (1 / ratios[len(ratios) // 2] - 1):+.1f} %)"})
+    notes = (f"Mode guidance overhead: sample_folder end to end ({what}, random weights, {diffusion.num_steps} "
+             f"ancestral steps, CFG 4.0, {images} images in batches of {batch}, PNGs written), guidance lambda 0.1 "
+             f"while step > {diffusion.num_steps // 2}, arms alternated each round, {torch.get_num_threads()} "
+             f"thread(s), load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (2-core machine "
+             f"shared with other jobs). Per-round ratio mode/none (1.000 = no cost).")
+    report("sample", rows, ["arm", "rounds", "img/s per round", "median img/s"], notes=notes,
+           append=not args.no_append)
     return rows
 
 
