@@ -6,7 +6,8 @@ Files `<cache_dir>/modes/<key>.npy` and `<key>.json`, key = hash(latent cache ke
   .npy   float32 (K, 2, IPC, C, h, w): [:, 0] the k-means centroids, [:, 1] the real latent nearest to each one
   .json  what was clustered and how: classes, IPC, cache key, VAE, the item behind each nearest latent, the
          .npy's sha256 (written last: a .json whose sha256 matches vouches for a complete .npy)
-Both are functions of the cache content only (no timestamps), so two builds give identical bytes.
+Both are functions of the cache content only (no timestamps; k-means on one thread), so two builds give identical
+bytes, whatever the machine's core count (ImageWoof: ~4 s per class at IPC 100 on one CPU core).
 Only the cache's NON-mirrored entries are clustered: the cache stores every image and its mirror, and MGD³
 clusters the images as they are (ADM centre crop, no flip).
 """
@@ -32,9 +33,11 @@ def kmeans_modes(latents, k):
     """(centroids (k, D) float64, index of the latent nearest to each centroid (k,)) of latents (n, D)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import pairwise_distances_argmin
-    km = KMeans(n_clusters=k, **KMEANS).fit(latents)
-    centers = km.cluster_centers_  # (k, D), in scikit-learn's cluster order: image i <- cluster i
-    return centers, pairwise_distances_argmin(centers, latents)  # (k,)
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):  # k-means' float sums depend on the thread count: one thread, the same file anywhere
+        km = KMeans(n_clusters=k, **KMEANS).fit(latents)
+        centers = km.cluster_centers_  # (k, D), in scikit-learn's cluster order: image i <- cluster i
+        return centers, pairwise_distances_argmin(centers, latents)  # (k,)
 
 
 def modes_key(cache_key, ipc):

@@ -13,7 +13,7 @@ import torch
 from data.eval_data import take_first
 from data.folder import SubsetImageFolder
 from data.latent_cache import build_latent_cache
-from data.modes import build_modes, load_modes, modes_complete
+from data.modes import build_modes, kmeans_modes, load_modes, modes_complete
 from data.subsets import Subset
 from helpers import make_tiny_dit, save_original
 from models.diffusion import Diffusion
@@ -253,6 +253,13 @@ def test_modes_are_kmeans_of_unmirrored_means_and_identical_across_builds(data, 
         load_modes(path, list(WNIDS), 4)
     with pytest.raises(UserError, match="fewer than the 8 modes"):
         build_modes(cache, data, 8, str(tmp_path / "m8.npy"))
+    from threadpoolctl import threadpool_limits
+    z = np.random.default_rng(0).standard_normal((300, 256))
+    runs = []
+    for n in (1, 2):  # k-means sums differ with the thread count unless pinned to one thread (as kmeans_modes does)
+        with threadpool_limits(n):
+            runs.append([a.tobytes() for a in kmeans_modes(z, 10)])
+    assert runs[0] == runs[1]
     with open(path, "r+b") as f:  # a torn or edited file is not used
         f.seek(-4, 2)
         f.write(b"\0\0\0\1")
