@@ -18,10 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.common import report  # noqa: E402
+from benchmarks.common import report, timeit  # noqa: E402
 from models.diffusion import Diffusion  # noqa: E402
 from models.dit import DiT_models  # noqa: E402
-from models.sampling import sample_folder  # noqa: E402
+from models.sampling import guided_eps, sample_folder  # noqa: E402
 from models.vae import PixelVAE, load_vae  # noqa: E402
 from utils.io import run_info  # noqa: E402
 
@@ -144,18 +144,40 @@ def guidance_overhead(model, vae, diffusion, images, batch, device, args, what):
         for arm in (("none", "mode") if r % 2 == 0 else ("mode", "none")):  # alternate which arm goes first
             ips[arm].append(run(model, vae, diffusion, images, batch, batch, "fp32", device,
                                 guide=guide if arm == "mode" else None)[1])
+    # the same question without the noise of a shared machine: the guided step's arithmetic against one model call
+    g = torch.Generator().manual_seed(1)
+    x, noise, m = (torch.randn((batch, *shape[2:]), generator=g).to(device) for _ in range(3))
+    t, y = diffusion.model_timesteps(diffusion.num_steps - 1, batch, device), torch.full((batch,), 155, device=device)
+    with torch.no_grad():
+        out = guided_eps(model, x, t, y, 4.0, 3, batch)  # (B, 2C, H, W)
+        calls = {"model call (CFG, both halves)": lambda: guided_eps(model, x, t, y, 4.0, 3, batch),
+                 "ancestral step, none": lambda: diffusion.p_step(out, x, diffusion.num_steps - 1, noise),
+                 "ancestral step, mode": lambda: diffusion.p_step(out, x, diffusion.num_steps - 1, noise, mode=m,
+                                                                  mode_scale=0.1)}
+        ms = {k: [] for k in calls}
+        for _ in range(5):  # alternate the three, median of medians
+            for k, fn in calls.items():
+                ms[k].append(1000 * timeit(fn, device, warmup=1, iters=5 if k.startswith("model") else 51))
+    ms = {k: sorted(v)[2] for k, v in ms.items()}
+    added = ms["ancestral step, mode"] - ms["ancestral step, none"]
     med = {arm: sorted(v)[len(v) // 2] for arm, v in ips.items()}
     ratios = sorted(m / n for m, n in zip(ips["mode"], ips["none"]))
-    rows = [{"arm": arm, "rounds": len(ips[arm]), "img/s per round": ", ".join(f"{v:.2f}" for v in ips[arm]),
-             "median img/s": f"{med[arm]:.2f}"} for arm in ("none", "mode")]
-    rows.append({"arm": "mode / none", "rounds": len(ratios), "img/s per round": ", ".join(f"{v:.3f}" for v in ratios),
-                 "median img/s": f"{ratios[len(ratios) // 2]:.3f} (overhead {100 * (1 / ratios[len(ratios) // 2] - 1):+.1f} %)"})
+    rows = [{"arm": f"{arm}: img/s", "rounds": len(ips[arm]), "per round": ", ".join(f"{v:.2f}" for v in ips[arm]),
+             "median": f"{med[arm]:.2f}"} for arm in ("none", "mode")]
+    mid = ratios[len(ratios) // 2]
+    rows.append({"arm": "mode / none (per-round ratios, sorted)", "rounds": len(ratios), "per round": ", ".join(f"{v:.3f}" for v in ratios),
+                 "median": f"{mid:.3f} (overhead {100 * (1 / mid - 1):+.1f} %)"})
+    rows += [{"arm": f"{k}, batch {batch}", "median": f"{v:.3f} ms"} for k, v in ms.items()]
+    rows.append({"arm": "guidance added per step / model call", "median":
+                 f"{added:.3f} ms / {ms['model call (CFG, both halves)']:.1f} ms = "
+                 f"{100 * added / ms['model call (CFG, both halves)']:.3f} %"})
     notes = (f"Mode guidance overhead: sample_folder end to end ({what}, random weights, {diffusion.num_steps} "
              f"ancestral steps, CFG 4.0, {images} images in batches of {batch}, PNGs written), guidance lambda 0.1 "
              f"while step > {diffusion.num_steps // 2}, arms alternated each round, {torch.get_num_threads()} "
              f"thread(s), load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (2-core machine "
-             f"shared with other jobs). Per-round ratio mode/none (1.000 = no cost).")
-    report("sample", rows, ["arm", "rounds", "img/s per round", "median img/s"], notes=notes,
+             f"shared with other jobs). Per-round ratio mode/none (1.000 = no cost). Below: one step's parts timed alone "
+             f"(median ms, alternated).")
+    report("sample", rows, ["arm", "rounds", "per round", "median"], notes=notes,
            append=not args.no_append)
     return rows
 
