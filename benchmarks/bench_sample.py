@@ -165,7 +165,8 @@ def guidance_overhead(model, vae, diffusion, images, batch, device, args, what):
     rows = [{"arm": f"{arm}: img/s", "rounds": len(ips[arm]), "per round": ", ".join(f"{v:.2f}" for v in ips[arm]),
              "median": f"{med[arm]:.2f}"} for arm in ("none", "mode")]
     mid = ratios[len(ratios) // 2]
-    rows.append({"arm": "mode / none (per-round ratios, sorted)", "rounds": len(ratios), "per round": ", ".join(f"{v:.3f}" for v in ratios),
+    rows.append({"arm": "mode / none (per-round ratios, sorted)", "rounds": len(ratios),
+                 "per round": ", ".join(f"{v:.3f}" for v in ratios),
                  "median": f"{mid:.3f} (overhead {100 * (1 / mid - 1):+.1f} %)"})
     rows += [{"arm": f"{k}, batch {batch}", "median": f"{v:.3f} ms"} for k, v in ms.items()]
     rows.append({"arm": "guidance added per step / model call", "median":
@@ -175,10 +176,9 @@ def guidance_overhead(model, vae, diffusion, images, batch, device, args, what):
              f"ancestral steps, CFG 4.0, {images} images in batches of {batch}, PNGs written), guidance lambda 0.1 "
              f"while step > {diffusion.num_steps // 2}, arms alternated each round, {torch.get_num_threads()} "
              f"thread(s), load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (2-core machine "
-             f"shared with other jobs). Per-round ratio mode/none (1.000 = no cost). Below: one step's parts timed alone "
-             f"(median ms, alternated).")
-    report("sample", rows, ["arm", "rounds", "per round", "median"], notes=notes,
-           append=not args.no_append)
+             f"shared with other jobs). Per-round ratio mode/none (1.000 = no cost). Below: one step's parts timed "
+             f"alone (median ms, alternated).")
+    report("sample", rows, ["arm", "rounds", "per round", "median"], notes=notes, append=not args.no_append)
     return rows
 
 
