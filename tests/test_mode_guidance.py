@@ -277,7 +277,7 @@ def _cli(*args, launcher=(sys.executable,)):
                           text=True, timeout=240)
 
 
-def test_cli_guided_builds_modes_once_and_torchrun_matches(tiny, tmp_path):
+def test_cli_guided_builds_modes_once_torchrun_and_kill_resume_match(tiny, tmp_path):
     root = tmp_path / "train"
     make_folder(str(root), wnids=WOOF, per_class=5, extra=())
     base = ["--ckpt", "none", "--base", save_original(tiny, tmp_path / "tiny.pt"), "--model", "DiT-T/2", "--vae",
@@ -298,6 +298,10 @@ def test_cli_guided_builds_modes_once_and_torchrun_matches(tiny, tmp_path):
                          f"--master_port={_free_port()}"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert _pngs(tmp_path / "ddp") == _pngs(tmp_path / "one") and os.path.getmtime(npy) == mtime  # read, not rebuilt
+    killed = _cli(*common, "--out", tmp_path / "k", "--batch_size", "2", "--debug_kill_after", "3")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert _cli(*common, "--out", tmp_path / "k", "--batch_size", "4").returncode == 0  # resumes with the same modes
+    assert _pngs(tmp_path / "k") == _pngs(tmp_path / "one")
     other = _cli(*base, "--train_dir", root, "--ipc", "2", "--out", tmp_path / "one")  # IPC-2 modes: other file
     assert other.returncode == 2 and "other settings: guidance" in other.stderr, other.stderr[-2000:]
     bad = _cli(*base, "--ipc", "3", "--out", tmp_path / "x")
