@@ -115,7 +115,7 @@ def test_input_errors_before_training(data):
     os.makedirs(os.path.join(train, "fox"))
     with pytest.raises(UserError, match="fox"):  # empty train class, then missing in val
         evaluate.main(_bad(tmp, train, val))
-    with pytest.raises(UserError, match="unknown arch"):
+    with pytest.raises(UserError, match="arch must be one of"):
         evaluate.main(_bad(tmp, train, val, arch="convnet6,vgg"))
     with pytest.raises(UserError, match="needs --ipc"):
         evaluate.main(_bad(tmp, train, val, select="herding"))

@@ -188,6 +188,13 @@ def coerce(key, value, entry):
     exact = [t for t in types if t not in ("any", "str") and _is(value, t)]  # already typed (YAML, a dict)
     if isinstance(value, str) or not exact:
         exact = types
+    if isinstance(value, bool) and "str" in types and "bool" not in types:
+        # YAML 1.1 reads an unquoted off / no / on / yes as a boolean; a string key with such a choice means it
+        word = {False: "off", True: "on"}[value]
+        if e.choices is not None and word in e.choices:
+            return word
+        raise UserError(f"config key '{key}' expects a string, got {str(value).lower()} (YAML reads unquoted "
+                        f"off/no/on/yes as booleans: quote the value)")
     for t in exact:
         try:
             v = _scalar(key, value, t)
