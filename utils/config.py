@@ -6,6 +6,7 @@ Parsing, coercion, `--help` (type, range, default) and every single-key check ar
 legacy `(default, help)` tuple is still read (type from the default). The resolved config is a flat dict; unknown
 keys (in YAML or on the command line) are errors that suggest the closest known key.
 """
+import argparse
 import difflib
 import math
 import os
@@ -480,6 +481,25 @@ def parse_config(spec, argv=None, description="", prog=None, section=None):
     for k, v in overrides:
         cfg[k] = coerce(k, v, spec[k])
     return validate(spec, cfg)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the helper scripts, with this project's one-line errors (exit code 2 through run_cli)."""
+
+    def error(self, message):
+        raise UserError(f"{message}; see {self.prog} --help")
+
+
+def check_block(spec, block, where):
+    """Values of one YAML block (e.g. a subset file's `train:`) against a tool's declaration, without touching the
+    file system: what a pipeline checks before it launches the tool hours later."""
+    spec = spec_of(spec)
+    for k, v in block.items():
+        if k not in spec:
+            raise UserError(f"unknown config key '{k}' in {where}{suggest(k, spec)}")
+        e = spec[k]
+        check_value(k, Key(e.default, e.help, **{f: getattr(e, f) for f in (
+            "type", "choices", "lo", "hi", "gt", "lt", "null", "finite", "items", "literals")}), coerce(k, v, e))
 
 
 def save_config(cfg, path):
