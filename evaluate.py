@@ -6,15 +6,12 @@
     python evaluate.py --train results/samples/imagewoof --mmd_real /data/imagenet/train --val ... --arch none --ipc 50
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from utils.config import Key, check_device, check_output, parse_config  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.config import Key, check_device, check_output, parse_config
+from utils.errors import UserError, run_cli
 
 # key -> Key(default, allowed values, help): parsing, --help and validation come from here (before torch loads).
-# configs/evaluate.yaml spells out the same defaults (tests/test_config.py proves it).
+# configs/evaluate.yaml spells out the same defaults (tests/test_schema.py proves it).
 CONFIG = {
     "train": Key(None, type="str", path="dir", required=True,
                  help="train folder <class>/<image>: a distilled set, or a real train dir (ImageNet train is fine)"),

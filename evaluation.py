@@ -15,7 +15,7 @@ from data.eval_results import finished_runs, record, results_path, run_key, save
 from data.eval_select import feature_mmd, herding, kcenter, random_select
 from data.subsets import list_class_dirs, resolve_subset
 from models.classifiers import CLASSIFIERS, build_classifier
-from utils.config import save_config
+from utils.config import save_config, validate
 from utils.errors import UserError
 from utils.io import atomic_torch_save, remove_stale_tmp, run_info
 
@@ -258,7 +258,6 @@ def run_evaluation(train, val, arch="resnetap10", subset="custom", ipc=None, sel
     args = {k: v for k, v in locals().items() if k not in ("log", "config")}  # the parameters, as given
     archs = [a for a in (arch.split(",") if isinstance(arch, str) else list(arch)) if a and a != "none"]
     from evaluate import CONFIG, check_config  # the tool's declaration checks library calls too (no torch there)
-    from utils.config import validate
     check_config(validate(CONFIG, dict(args, arch=archs or ["none"])))
     dev = resolve_device(device)
     amp = resolve_amp(amp, dev)

@@ -19,7 +19,7 @@ from utils.errors import UserError, run_cli  # noqa: E402
 DEFAULT_BASE = ("DiT-XL-2-256x256.pt", "facebook/DiT-XL-2-256")
 
 # key -> Key(default, allowed values, help): parsing, --help and validation come from here.
-# configs/sample.yaml spells out the same defaults (tests/test_config.py proves it).
+# configs/sample.yaml spells out the same defaults (tests/test_schema.py proves it).
 CONFIG = {
     #### what to sample
     "subset": Key("imagewoof", type="str",

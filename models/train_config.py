@@ -5,7 +5,7 @@ from utils.config import Key, check_device, resolve
 from utils.errors import UserError
 
 # key -> Key(default, allowed values, help): the one declaration that parsing, --help and validation use.
-# configs/train_default.yaml spells out the same defaults (tests/test_config.py proves it); configs/tiny.yaml is the
+# configs/train_default.yaml spells out the same defaults (tests/test_schema.py proves it); configs/tiny.yaml is the
 # CPU smoke test.
 CONFIG = {
     #### what to train

@@ -333,6 +333,10 @@ def test_full_disk_and_write_failures_are_one_line(place, monkeypatch, capsys):
     code, err = cli(sample, ["--ckpt", "none", "--out", str(place / "out" / "s")], capsys)
     assert code == 2 and "full disk" in err and err.count("\n") == 1
     monkeypatch.setattr(os, "statvfs", real)
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # what a read-only folder answers (root ignores modes)
+    code, err = cli(evaluate, valid_args("evaluate.py", place), capsys)
+    assert code == 2 and "--results" in err and "not writable" in err and err.count("\n") == 1, err
+    monkeypatch.undo()
 
     def full(argv):
         raise OSError(errno.ENOSPC, "No space left on device", str(place / "out" / "checkpoint.pt"))

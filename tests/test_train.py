@@ -149,9 +149,14 @@ def test_cli_error_is_one_line_without_traceback():
 
 def test_finished_run_is_not_retrained(env, straight, capsys):
     before = file_sha256(env["root"] / "straight" / "checkpoint.pt")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = env["root"] / "straight" / f".tmp-checkpoint.pt.{dead.pid}.x1y2z3w4"  # a write killed mid-way
+    leftover.write_bytes(b"partial")
     out = run(env, "straight")
     assert out["step"] == 9 and "nothing to do" in capsys.readouterr().out
     assert file_sha256(env["root"] / "straight" / "checkpoint.pt") == before
+    assert not leftover.exists()  # the rerun of the same command removed it
 
 
 def test_latent_cache_and_on_the_fly_encoding_agree(env, half):

@@ -266,6 +266,8 @@ def _check_number(k, e, x, shown):
 
 
 def _is(x, t):
+    if t not in TYPES:
+        raise ValueError(f"a config key declares type {t!r}; use {', '.join(TYPES)} (or alternatives like int|str)")
     return {"int": lambda: isinstance(x, int) and not isinstance(x, bool),
             "float": lambda: isinstance(x, (int, float)) and not isinstance(x, bool),
             "bool": lambda: isinstance(x, bool), "str": lambda: isinstance(x, str),
