@@ -83,9 +83,11 @@ def check_config(cfg):
     from data.eval_results import results_path  # light: no torch
     name = cfg["subset"] if cfg["subset"] != "custom" else os.path.basename(os.path.abspath(cfg["train"]))
     out = results_path(cfg["results"], name)
-    if os.path.isdir(out):
-        raise UserError(f"--results {out} is a folder; pass a folder or a .jsonl file path")
-    check_output(os.path.dirname(os.path.abspath(out)), "--results folder")
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out) or (os.path.exists(folder) and not os.path.isdir(folder)):
+        raise UserError(f"--results {cfg['results']}: {out} would be written there, but "
+                        f"{out if os.path.isdir(out) else folder} is in the way; pass a folder or a .jsonl path")
+    check_output(folder, "--results folder")
     check_device(cfg["device"])
     return cfg
 

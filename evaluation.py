@@ -14,7 +14,7 @@ from data.eval_data import (check_readable, class_files, decode_all, fingerprint
 from data.eval_results import finished_runs, record, results_path, run_key, save_curves
 from data.eval_select import feature_mmd, herding, kcenter, random_select
 from data.subsets import list_class_dirs, resolve_subset
-from models.classifiers import CLASSIFIERS, build_classifier
+from models.classifiers import build_classifier
 from utils.config import save_config, validate
 from utils.errors import UserError
 from utils.io import atomic_torch_save, remove_stale_tmp, run_info

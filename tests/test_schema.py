@@ -272,6 +272,7 @@ def test_issue_cases_in_process(place, capsys):
                       (["--weight_decay", "-1"], "weight_decay must be >= 0"), (["--image_size", "0"], "image_size"),
                       (["--test_batch_size", "0"], "test_batch_size must be >= 1"),
                       (["--results", str(f / "e")], f"lies under {f}, which is a file"),
+                      (["--results", str(f)], "is in the way"),
                       (["--select", "herding"], "needs --ipc"), (["--depth", "9", "--image_size", "64"], "depth 9")):
         code, err = cli(evaluate, ev + argv, capsys)
         assert code == 2 and msg in err and err.count("\n") == 1, (argv, err)
