@@ -309,6 +309,10 @@ def test_subprocess_exit_code_and_time(place):
              ("sample.py", ["--ckpt", "none", "--out", str(f / "s")]),
              ("train_minimax.py", ["--learning_rate", "0.1"]),
              ("train_minimax.py", ["--data_dir", d, "--run_dir", str(place / "out" / "r"), "--ema_decay", "1"])]
+    if not __import__("torch").cuda.is_available():  # CUDA asked for, none here: known without importing torch
+        cases += [("train_minimax.py", ["--data_dir", d, "--run_dir", str(place / "out" / "r"), "--device", "cuda"]),
+                  ("sample.py", ["--ckpt", "none", "--out", str(place / "out" / "s"), "--device", "cuda"]),
+                  ("evaluate.py", ["--train", d, "--val", d, "--device", "cuda"])]
     before = snapshot(place)
     for script, argv in cases:
         t0 = time.perf_counter()

@@ -358,6 +358,19 @@ def validate(spec, cfg):
     return cfg
 
 
+def _driver_cuda_devices():
+    """The number of CUDA devices the driver reports (honours CUDA_VISIBLE_DEVICES); 0 without a driver."""
+    import ctypes
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
 def check_device(device, what="--device"):
     """auto | cpu | cuda | cuda:N, and CUDA present when asked for: one line now, not a driver traceback later.
     Imports torch only for a CUDA device (after the schema checks, before any model)."""
@@ -366,7 +379,10 @@ def check_device(device, what="--device"):
     if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
         raise UserError(f"{what} must be auto, cpu, cuda or cuda:N, got {device!r}")
     if kind == "cuda":
-        import torch
+        if _driver_cuda_devices() == 0:  # no driver or no device: known in milliseconds, without torch
+            raise UserError(f"{what} {device} requested but CUDA is not available on this machine (no CUDA driver "
+                            f"or device); use --device cpu or auto")
+        import torch  # a driver sees devices: this torch build must be able to use them too
         if not torch.cuda.is_available():
             raise UserError(f"{what} {device} requested but CUDA is not available on this machine; "
                             f"use --device cpu or auto")
