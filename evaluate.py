@@ -7,6 +7,7 @@
 """
 import os
 
+from data.subsets import subset_names
 from utils.config import Key, check_device, check_output, parse_config
 from utils.errors import UserError, run_cli
 
@@ -17,7 +18,7 @@ CONFIG = {
                  help="train folder <class>/<image>: a distilled set, or a real train dir (ImageNet train is fine)"),
     "val": Key(None, type="str", path="dir", required=True,
                help="val folder <class>/<image>, aligned to the train classes by folder name (wnid)"),
-    "subset": Key("custom", type="str",
+    "subset": Key("custom", choices=(*subset_names(), "custom"),
                   help="class list: imagewoof, imagenette, imageidc, imagenet100, ... or custom (train dir's "
                        "folders)"),
     "arch": Key(["resnetap10"], type="list", items="str", choices=("convnet6", "resnetap10", "resnet18", "none"),

@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from data.subsets import subset_names  # noqa: E402
 from utils.config import Key, check_device, parse_config  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
@@ -22,7 +23,7 @@ DEFAULT_BASE = ("DiT-XL-2-256x256.pt", "facebook/DiT-XL-2-256")
 # configs/sample.yaml spells out the same defaults (tests/test_schema.py proves it).
 CONFIG = {
     #### what to sample
-    "subset": Key("imagewoof", type="str",
+    "subset": Key("imagewoof", choices=(*subset_names(), "custom"),
                   help="registered subset (imagewoof, imagenette, imageidc, imagenet100, imagenet1k) or custom"),
     "phase": Key(None, type="int", lo=0, null=True,
                  help="imagenet100: block of 20 classes (0-4) the checkpoint was fine-tuned on; null = all classes"),

@@ -1,6 +1,7 @@
 """Every key of train_minimax.py with its default (SPEC §2-3) and what it does; validation of a resolved config."""
 import os
 
+from data.subsets import get_subset, subset_names
 from utils.config import Key, check_device, resolve
 from utils.errors import UserError
 
@@ -42,7 +43,7 @@ CONFIG = {
     "memory_dtype": Key("float32", choices=("float32", "float16"),
                         help="memory storage: float32 | float16 (halves the memory; cosines move ~1e-3)"),
     #### data
-    "subset": Key("imagewoof", type="str",
+    "subset": Key("imagewoof", choices=(*subset_names(), "custom"),
                   help="registered subset (imagewoof, imagenette, imageidc, imagenet100, imagenet1k) or custom"),
     "phase": Key(None, type="int", lo=0, null=True,
                  help="imagenet100: which block of 20 classes (0-4) this model fine-tunes; null = all"),
@@ -124,6 +125,8 @@ def check_config(cfg):
     if cfg["batch_size"] % world:  # the global batch (the authors' --global-batch-size) splits over the ranks
         raise UserError(f"batch_size {cfg['batch_size']} (the global batch) does not split over {world} processes; "
                         f"use a multiple of {world}")
+    if cfg["subset"] != "custom":
+        get_subset(cfg["subset"], cfg["phase"])  # a phase the subset does not have
     check_device(cfg["device"])
     return cfg
 
