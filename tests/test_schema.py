@@ -17,7 +17,7 @@ import sample
 import train_minimax
 from models.train_config import CONFIG as TRAIN
 from scripts import demo, reproduce
-from utils.config import (SECTIONS, Key, check_block, check_output, coerce, describe, help_text, key_types,
+from utils.config import (PATH_ROLES, SECTIONS, Key, check_block, check_output, coerce, describe, help_text, key_types,
                           parse_config, spec_of)
 from utils.errors import UserError, run_cli
 from utils.io import remove_stale_tmp
@@ -116,7 +116,7 @@ def test_every_key_declares_type_and_its_default_is_valid(name, spec):
         assert isinstance(e, Key), f"{name}: {k} is not a Key"
         assert key_types(e) != ("any",), f"{name}: {k} declares no type"
         assert e.help, f"{name}: {k} has no help"
-        assert e.path is None or e.path in ("file", "dir", "exists", "out_dir", "out_file", "out")
+        assert e.path is None or e.path in PATH_ROLES, f"{name}: {k} declares path role {e.path!r}"
         if e.default is None:
             assert e.null or e.required, f"{name}: {k} defaults to null but does not allow it"
         elif not e.required:  # the default must pass its own declaration (paths aside: they depend on the machine)

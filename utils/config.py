@@ -297,6 +297,8 @@ def check_output(path, what):
 
 def _check_path(k, e, v):
     what = f"--{k}"
+    if e.path not in PATH_ROLES:
+        raise ValueError(f"config key {k} declares path role {e.path!r}; use one of {', '.join(PATH_ROLES)}")
     if e.path == "file":
         if not os.path.isfile(v):
             raise UserError(f"{k} {v}: {'is a folder, not a file' if os.path.isdir(v) else 'file not found'}; "
