@@ -29,6 +29,7 @@ CONFIG = {
                   help="none (the folder as is), random|herding|kcenter (coreset of the real train dir), full"),
     "repeat": Key(3, lo=1, help="training runs per arch; run r uses seed + r"),
     "seed": Key(0, lo=0, hi=2 ** 31 - 1, help="base seed (model init, augmentation, CutMix, random selection)"),
+    # lo 8: the smallest side all three networks run at (ResNetAP-10 pools its input 3 times; 4 and 7 px fail)
     "image_size": Key(224, lo=8,
                       help="training/test resolution (Resize + CenterCrop at load, RandomResizedCrop per sample)"),
     "epochs": Key(None, type="int", lo=1, null=True,
