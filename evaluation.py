@@ -14,10 +14,10 @@ from data.eval_data import (check_readable, class_files, decode_all, fingerprint
 from data.eval_results import finished_runs, record, results_path, run_key, save_curves
 from data.eval_select import feature_mmd, herding, kcenter, random_select
 from data.subsets import list_class_dirs, resolve_subset
-from models.classifiers import CLASSIFIERS, build_classifier
-from utils.config import save_config
+from models.classifiers import build_classifier
+from utils.config import save_config, validate
 from utils.errors import UserError
-from utils.io import atomic_torch_save, run_info
+from utils.io import atomic_torch_save, remove_stale_tmp, run_info
 
 SELECTS = ("none", "random", "herding", "kcenter", "full")
 
@@ -60,9 +60,8 @@ def resolve_device(device):
 
 
 def resolve_amp(amp, device):
-    """'auto' -> bf16 autocast on CUDA, full fp32 on CPU (CPU bf16 is slower and less exact)."""
-    if amp not in ("auto", "bf16", "none"):
-        raise UserError(f"amp must be auto, bf16 or none, got {amp!r}")
+    """'auto' -> bf16 autocast on CUDA, full fp32 on CPU (CPU bf16 is slower and less exact). `amp` is one of
+    evaluate.CONFIG's choices (validated there)."""
     return "bf16" if (amp == "bf16" or (amp == "auto" and device.type == "cuda")) else "none"
 
 
@@ -256,22 +255,10 @@ def run_evaluation(train, val, arch="resnetap10", subset="custom", ipc=None, sel
     Returns {arch: {"best_mean", "best_std", "last_mean", "last_std", "n_runs", "runs": [run records]}} plus
     "mmd": {...} when `mmd_real` is given. Finished runs found in the results JSONL are reused, not retrained.
     `method` is a tag written into every record (scripts/tables.py groups by it); `width` narrows convnet6."""
+    args = {k: v for k, v in locals().items() if k not in ("log", "config")}  # the parameters, as given
     archs = [a for a in (arch.split(",") if isinstance(arch, str) else list(arch)) if a and a != "none"]
-    bad = [a for a in archs + [feature_arch] if a not in CLASSIFIERS]
-    if bad:
-        raise UserError(f"unknown arch '{bad[0]}'; choose from {', '.join(CLASSIFIERS)}")
-    if select not in SELECTS:
-        raise UserError(f"select must be one of {', '.join(SELECTS)}, got {select!r}")
-    if select in ("random", "herding", "kcenter") and ipc is None:
-        raise UserError(f"select {select} needs --ipc K (images per class to pick from the real train set)")
-    if select == "full" and ipc is not None:
-        raise UserError("select full trains on every image; drop --ipc (or use --select random --ipc K)")
-    if mmd_real and select != "none":
-        raise UserError("mmd_real measures a distilled folder (select none); run coreset baselines separately")
-    if data_path not in ("gpu", "pil"):
-        raise UserError(f"data_path must be gpu or pil, got {data_path!r}")
-    if repeat < 1 or (ipc is not None and ipc < 1):
-        raise UserError("repeat and ipc must be >= 1")
+    from evaluate import CONFIG, check_config  # the tool's declaration checks library calls too (no torch there)
+    check_config(validate(CONFIG, dict(args, arch=archs or ["none"])))
     dev = resolve_device(device)
     amp = resolve_amp(amp, dev)
     config = dict(config or {}, train=train, val=val, arch=",".join(archs), subset=subset, ipc=ipc, select=select)
@@ -299,6 +286,8 @@ def run_evaluation(train, val, arch="resnetap10", subset="custom", ipc=None, sel
           "eval_every": eval_every or max(1, epochs // 100)}
     out_path = results_path(results, sub.name if subset != "custom" else os.path.basename(os.path.abspath(train)))
     out_dir = os.path.dirname(os.path.abspath(out_path))
+    for d in (out_dir, os.path.join(out_dir, "curves"), os.path.join(out_dir, "feature_net")):
+        remove_stale_tmp(d)  # temporary files a killed evaluation left (its pid is gone)
     save_config(config, os.path.join(out_dir, "config.yaml"))  # latest invocation; every record has its own
     log(f"{C} classes, {sum(map(len, files.values()))} train files, {len(val_paths)} val images; epochs {epochs}, "
         f"lr {hp['lr']}, wd {hp['weight_decay']}, device {dev}, amp {amp}, data path {data_path}; "

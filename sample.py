@@ -16,36 +16,53 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from utils.config import Key, parse_config  # noqa: E402
+from data.subsets import subset_names  # noqa: E402
+from utils.config import Key, check_device, parse_config  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 DEFAULT_BASE = ("DiT-XL-2-256x256.pt", "facebook/DiT-XL-2-256")
 
-# key -> (default, help). configs/sample.yaml spells out the same defaults.
+# key -> Key(default, allowed values, help): parsing, --help and validation come from here.
+# configs/sample.yaml spells out the same defaults (tests/test_schema.py proves it).
 CONFIG = {
     #### what to sample
-    "subset": ("imagewoof", "registered subset (imagewoof, imagenette, imageidc, imagenet100, imagenet1k) or custom"),
-    "phase": (None, "imagenet100: block of 20 classes (0-4) the checkpoint was fine-tuned on; null = all classes"),
-    "class_file": (None, "custom subset: one class folder name (wnid) per line, in label order"),
-    "train_dir": (None, "custom subset without class_file: the class names are its sorted sub-folders; with "
-                        "--guidance mode: the train images (<wnid>/<image>) the modes are computed from"),
-    "ipc": (100, "images per class: files 0..ipc-1 (IPC-k of a larger set = its first k images)"),
-    "ckpt": ("", "REQUIRED: fine-tuned checkpoint (train_minimax.py's checkpoint.pt, or any DiT weights), or 'none' "
-                 "for the pretrained DiT without fine-tuning (the paper's DiT baseline)"),
-    "base": (None, "base DiT weights: with --ckpt none what is sampled; with an adapter checkpoint where its base is "
-                   "now (null: as recorded); null = DiT-XL-2-256x256.pt if present, else hub facebook/DiT-XL-2-256"),
-    "ema": (True, "use the EMA weights (the authors'); false = the raw trained weights"),
-    "model": ("DiT-XL/2", "DiT registry name checked against the weights (DiT-T/2 is the tiny CPU model); null = any"),
-    "vae": ("stabilityai/sd-vae-ft-mse", "decoder: hub id or local diffusers folder, or 'pixel' (identity, tiny runs)"),
-    "image_size": (256, "output side in pixels; the latent side is image_size / VAE downsampling (32 for SD-VAE)"),
+    "subset": Key("imagewoof", choices=(*subset_names(), "custom"),
+                  help="registered subset (imagewoof, imagenette, imageidc, imagenet100, imagenet1k) or custom"),
+    "phase": Key(None, type="int", lo=0, null=True,
+                 help="imagenet100: block of 20 classes (0-4) the checkpoint was fine-tuned on; null = all classes"),
+    "class_file": Key(None, type="str", path="file", null=True,
+                      help="custom subset: one class folder name (wnid) per line, in label order"),
+    "train_dir": Key(None, type="str", path="dir", null=True,
+                     help="custom subset without class_file: the class names are its sorted sub-folders; with "
+                          "--guidance mode: the train images (<wnid>/<image>) the modes are computed from"),
+    "ipc": Key(100, lo=1, help="images per class: files 0..ipc-1 (IPC-k of a larger set = its first k images)"),
+    "ckpt": Key("", type="str", required=True,
+                help="REQUIRED: fine-tuned checkpoint (train_minimax.py's checkpoint.pt, or any DiT weights), or "
+                     "'none' for the pretrained DiT without fine-tuning (the paper's DiT baseline)"),
+    "base": Key(None, type="str", null=True,
+                help="base DiT weights: with --ckpt none what is sampled; with an adapter checkpoint where its "
+                     "base is now (null: as recorded); null = DiT-XL-2-256x256.pt if present, else hub "
+                     "facebook/DiT-XL-2-256"),
+    "ema": Key(True, "use the EMA weights (the authors'); false = the raw trained weights"),
+    "model": Key("DiT-XL/2", type="str", null=True,
+                 help="DiT registry name checked against the weights (DiT-T/2 is the tiny CPU model); null = any"),
+    "vae": Key("stabilityai/sd-vae-ft-mse", type="str",
+               help="decoder: hub id or local diffusers folder, or 'pixel' (identity, tiny runs)"),
+    "image_size": Key(256, lo=1,
+                      help="output side in pixels; the latent side is image_size / VAE downsampling (32 for "
+                           "SD-VAE)"),
     #### sampler (SPEC §4)
-    "num_steps": (50, "sampling steps respaced evenly from 1000 (timesteps round(linspace(0, 999, n)))"),
-    "sampler": ("ancestral", "ancestral (DDPM with learned variance, the authors') | ddim"),
-    "ddim_eta": (0.0, "ddim: noise scale (0 = deterministic)"),
-    "cfg_scale": (4.0, "classifier-free guidance scale (1 = none: a single conditional forward)"),
-    "cfg_channels": ("3", "latent channels guided: 3 (DiT's and the authors', the 4th comes from the conditional "
-                          "half) or 'all'"),
-    "seed": (0, "image i of class c uses seed sha256(seed/c/i): the same whatever the batch, IPC or GPU count"),
+    "num_steps": Key(50, lo=2, hi=1000,
+                     help="sampling steps respaced evenly from 1000 (timesteps round(linspace(0, 999, n)))"),
+    "sampler": Key("ancestral", choices=("ancestral", "ddim"),
+                   help="ancestral (DDPM with learned variance, the authors') | ddim"),
+    "ddim_eta": Key(0.0, lo=0, hi=1, help="ddim: noise scale (0 = deterministic)"),
+    "cfg_scale": Key(4.0, lo=0, help="classifier-free guidance scale (1 = none: a single conditional forward)"),
+    "cfg_channels": Key(3, type="int", lo=1, literals=("all",),
+                        help="latent channels guided: 3 (DiT's and the authors', the 4th comes from the "
+                             "conditional half) or 'all'"),
+    "seed": Key(0, lo=0,
+                help="image i of class c uses seed sha256(seed/c/i): the same whatever the batch, IPC or GPU count"),
     #### mode guidance (MGD³, training-free; README "Mode guidance")
     "guidance": Key("none", "none (the authors' sampler) | mode: guide image i of class c towards mode i of c, the "
                             "k-means centroids (k = ipc) of c's train latents; no extra model call",
@@ -63,20 +80,27 @@ CONFIG = {
                                                   "(ft-ema and ft-mse share SD-VAE's encoder: only the decoders "
                                                   "differ); 'pixel' for pixel models", type="str"),
     #### speed
-    "batch_size": (32, "images sampled together per process (on a large GPU raise it with micro_batch, e.g. 128)"),
-    "micro_batch": (32, "images per model call, the last call padded: fixed shapes make an image independent of "
-                        "batch_size and of its batch mates; 0 = the whole batch (no padding, float-level "
-                        "dependence on the batch)"),
-    "precision": ("fp32", "fp32 (the authors') | bf16 (autocast for the DiT; diffusion math and VAE stay fp32)"),
-    "tf32": (True, "allow TF32 matmuls and convolutions on CUDA (DiT's sample.py does)"),
-    "compile": (False, "torch.compile the guided forward (pays off for large IPC on GPU)"),
-    "device": ("auto", "auto (CUDA if available) | cpu | cuda; under torchrun one GPU per process"),
+    "batch_size": Key(32, lo=1,
+                      help="images sampled together per process (on a large GPU raise it with micro_batch, e.g. "
+                           "128)"),
+    "micro_batch": Key(32, lo=0,
+                       help="images per model call, the last call padded: fixed shapes make an image independent "
+                            "of batch_size and of its batch mates; 0 = the whole batch (no padding, float-level "
+                            "dependence on the batch)"),
+    "precision": Key("fp32", choices=("fp32", "bf16"),
+                     help="fp32 (the authors') | bf16 (autocast for the DiT; diffusion math and VAE stay fp32)"),
+    "tf32": Key(True, "allow TF32 matmuls and convolutions on CUDA (DiT's sample.py does)"),
+    "compile": Key(False, "torch.compile the guided forward (pays off for large IPC on GPU)"),
+    "device": Key("auto", choices=("auto", "cpu", "cuda"),
+                  help="auto (CUDA if available) | cpu | cuda; under torchrun one GPU per process"),
     #### output
-    "out": ("", "REQUIRED: output folder; images go to <out>/<wnid>/<i>.png, preview to <out>_grid.png"),
-    "overwrite": (False, "replace the sample images of a folder made with other settings (default: refuse)"),
-    "grid": (10, "images per class in the preview grid <out>_grid.png (0 = no grid)"),
-    "progress": (True, "tqdm progress bar with images/s"),
-    "debug_kill_after": (0, "testing: SIGKILL this process after this many images are written (0 = off)"),
+    "out": Key("", type="str", path="out_dir", required=True,
+               help="REQUIRED: output folder; images go to <out>/<wnid>/<i>.png, preview to <out>_grid.png"),
+    "overwrite": Key(False, "replace the sample images of a folder made with other settings (default: refuse)"),
+    "grid": Key(10, lo=0, help="images per class in the preview grid <out>_grid.png (0 = no grid)"),
+    "progress": Key(True, "tqdm progress bar with images/s"),
+    "debug_kill_after": Key(0, lo=0,
+                            help="testing: SIGKILL this process after this many images are written (0 = off)"),
 }
 
 
@@ -85,36 +109,15 @@ CONFIG = {
 #################################################################################
 
 def check_config(cfg):
-    """Cheap checks, before anything is loaded."""
-    from models.sampling import PRECISIONS, SAMPLERS, check_out_dir
-    if not cfg["ckpt"]:
-        raise UserError("pass --ckpt: a fine-tuned checkpoint, or 'none' to sample the pretrained DiT")
-    if not cfg["out"]:
-        raise UserError("pass --out: the folder that receives <wnid>/<i>.png")
-    if cfg["ipc"] <= 0:
-        raise UserError(f"ipc must be at least 1, got {cfg['ipc']}")
-    check_out_dir(cfg["out"])
-    if cfg["sampler"] not in SAMPLERS:
-        raise UserError(f"unknown sampler '{cfg['sampler']}'; choose one of {', '.join(SAMPLERS)}")
-    if cfg["precision"] not in PRECISIONS:
-        raise UserError(f"unknown precision '{cfg['precision']}'; choose one of {', '.join(PRECISIONS)}")
-    if not 2 <= cfg["num_steps"] <= 1000:
-        raise UserError(f"num_steps must be in 2..1000, got {cfg['num_steps']}")
-    if cfg["guidance"] not in ("none", "mode") or cfg["modes"] not in ("centroid", "nearest"):
-        raise UserError(f"guidance must be none or mode and modes centroid or nearest, got {cfg['guidance']!r} and "
-                        f"{cfg['modes']!r}")
+    """Checks across keys, after the per-key schema (parse_config) and before anything is loaded."""
     if cfg["guidance"] == "mode":
         if not cfg["train_dir"]:
             raise UserError("--guidance mode needs --train_dir: the train folder (<wnid>/<image>) the modes come from")
-        if cfg["mode_scale"] < 0 or not 0 <= cfg["mode_stop"] < cfg["num_steps"] - 1:
-            raise UserError(f"mode_scale must be >= 0 and mode_stop in 0..{cfg['num_steps'] - 2} (guidance runs "
-                            f"while the step index > mode_stop), got {cfg['mode_scale']} and {cfg['mode_stop']}")
-    if cfg["batch_size"] < 1 or cfg["micro_batch"] < 0:
-        raise UserError(f"batch_size must be >= 1 and micro_batch >= 0, got {cfg['batch_size']}, {cfg['micro_batch']}")
-    ch = str(cfg["cfg_channels"]).lower()
-    if ch != "all" and not ch.isdigit():
-        raise UserError(f"cfg_channels must be a number of channels or 'all', got {cfg['cfg_channels']!r}")
-    return None if ch == "all" else int(ch)
+        if cfg["mode_stop"] >= cfg["num_steps"] - 1:
+            raise UserError(f"mode_stop must be in 0..{cfg['num_steps'] - 2} (guidance runs while the step index > "
+                            f"mode_stop), got {cfg['mode_stop']}")
+    check_device(cfg["device"])
+    return None if cfg["cfg_channels"] == "all" else cfg["cfg_channels"]
 
 
 def weights_source(cfg):

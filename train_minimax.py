@@ -13,14 +13,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from models.train_config import CONFIG  # noqa: E402
+from models.train_config import CONFIG, check_config  # noqa: E402
 from utils.config import parse_config  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
 def main(argv=None):
     cfg = parse_config(CONFIG, argv, description=__doc__.split("\n")[0], prog="train_minimax.py", section="train")
-    from models.trainer import train  # after parsing: --help and config errors stay instant
+    check_config(cfg)  # across keys (batch vs processes, CUDA present)
+    from models.trainer import train  # after validation: --help and config errors stay instant (no torch yet)
     train(cfg)
 
 

@@ -30,7 +30,7 @@ from models.vae import load_vae
 from utils.config import suggest, save_config
 from utils.dist import barrier, cleanup, init_distributed
 from utils.errors import UserError
-from utils.io import append_jsonl, atomic_torch_save, atomic_write_text, run_info
+from utils.io import append_jsonl, atomic_torch_save, atomic_write_text, remove_stale_tmp, run_info
 
 CKPT_NAME = "checkpoint.pt"
 
@@ -337,6 +337,8 @@ def _train(cfg, info):
     subset = resolve_subset(cfg["subset"], cfg["data_dir"], cfg["class_file"], cfg["phase"])
     dataset = SubsetImageFolder(cfg["data_dir"], subset, cfg["image_size"], flip=False)
     check_writable(cfg["run_dir"], "run_dir")
+    if info.is_main:  # a run killed mid-write left .tmp-checkpoint.pt.<pid>.*: the rerun of its command removes it
+        remove_stale_tmp(cfg["run_dir"])
     if cfg["latent_cache"]:
         check_writable(cfg["cache_dir"], "cache_dir")
     n, B, W = len(dataset), cfg["batch_size"], info.world_size

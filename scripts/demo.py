@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from utils.config import Key, parse_config  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import atomic_save_image, atomic_write_text  # noqa: E402
 
@@ -36,6 +37,7 @@ MINIMAX_EPOCHS = (2, 1)      # fine-tuning at the paper's batch 8 -> ~156 steps 
 SAMPLE_STEPS = (50, 5)       # sampling steps (SPEC §4: 50)
 EVAL_EPOCHS = (200, 2)       # ConvNet epochs on IPC-sized sets (100 images: 2 steps per epoch)
 FULL_EPOCHS = (20, 1)        # ConvNet epochs on the full train split (~20 steps per epoch)
+MAX_IPC = 122                # train images of the smallest digit class after the 70/30 split
 METHODS = [("random", "Random real"), ("base", "Base model"), ("minimax", "Minimax"), ("full", "Full train set")]
 
 
@@ -108,16 +110,18 @@ def comparison_grid(data, samples, path, per_class=10):
     atomic_save_image(img, path)
 
 
+CONFIG = {
+    "out": Key("demo_out", path="out_dir", required=True, help="output folder (rerun to continue)"),
+    # the smallest digit class keeps 122 of its 174 images for training; Random IPC k selects k of them
+    "ipc": Key(10, lo=1, hi=MAX_IPC, help="images per class to sample and to select at random"),
+    "quick": Key(False, help="a smoke run of every step with tiny budgets (tests)"),
+}
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output folder (rerun to continue)")
-    p.add_argument("--ipc", type=int, default=10, help="images per class to sample and to select at random")
-    p.add_argument("--quick", action="store_true", help="a smoke run of every step with tiny budgets (tests)")
-    args = p.parse_args(argv)
+    args = argparse.Namespace(**parse_config(CONFIG, argv, description=__doc__, prog="demo.py"))
     q = int(args.quick)
     out = os.path.abspath(args.out)
-    if os.path.isfile(out):
-        raise UserError(f"--out {out} is a file; pass a folder")
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "demo.log")
     data, samples, runs = os.path.join(out, "data"), os.path.join(out, "samples"), os.path.join(out, "runs")

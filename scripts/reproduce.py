@@ -19,21 +19,36 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import yaml
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from data.subsets import get_subset  # noqa: E402
+from utils.config import (SECTIONS, ArgumentParser, Key, check_block, check_output, coerce, load_yaml,  # noqa: E402
+                          suggest, validate)
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
 
+ARCHS = ("convnet6", "resnetap10", "resnet18")
+BASELINES = ("dit", "random", "herding", "kcenter", "full")
 # what runs when a subset YAML's `reproduce:` block does not say otherwise (paper Table 1)
-DEFAULT_PLAN = {"ipcs": [10, 20, 50, 70, 100], "archs": ["convnet6", "resnetap10", "resnet18"], "repeat": 3,
-                "baselines": ["dit", "random", "herding", "kcenter", "full"], "kcenter_archs": ["resnetap10"],
-                "kcenter_ipcs": [10, 50, 100], "sample_ipc": 100, "phases": None,
-                "method": "minimax",  # method: the tag of the fine-tuned variant (ablations: e.g. mean-off)
-                "finetune": None}  # tag of the fine-tuning run sampled (null: method); mode guidance reuses minimax's
+PLAN = {
+    "ipcs": Key([10, 20, 50, 70, 100], type="list", items="int", lo=1,
+                help="IPCs evaluated: the first k images of the sampled set (each <= sample_ipc)"),
+    "archs": Key(list(ARCHS), type="list", items="str", choices=ARCHS, help="networks trained on every set"),
+    "repeat": Key(3, lo=1, help="training runs per network and set"),
+    "baselines": Key(list(BASELINES), type="list", items="str", choices=BASELINES, help="baselines also run"),
+    "kcenter_archs": Key(["resnetap10"], type="list", items="str", choices=ARCHS, help="networks for K-Center"),
+    "kcenter_ipcs": Key([10, 50, 100], type="list", items="int", lo=1, help="IPCs of K-Center"),
+    "sample_ipc": Key(100, lo=1, help="images per class sampled once; smaller IPCs are its first images"),
+    "phases": Key(None, type="list", items="int", lo=0, null=True,
+                  help="fine-tuning phases (ImageNet-100: 0-4); null = one model"),
+    "method": Key("minimax", type="str", required=True,
+                  help="the tag of the fine-tuned variant (ablations: e.g. mean-off)"),
+    "finetune": Key(None, type="str", null=True,
+                    help="tag of the fine-tuning run sampled (null: method); mode guidance reuses minimax's"),
+}
+DEFAULT_PLAN = {k: e.default for k, e in PLAN.items()}
+TOOLS = {"train": "models.train_config", "sample": "sample", "evaluate": "evaluate"}  # modules declaring CONFIG
 
 
 @dataclass
@@ -48,6 +63,8 @@ class Step:
 
 def gpu_count():
     if os.environ.get("NGPU"):
+        if not os.environ["NGPU"].isdigit():
+            raise UserError(f"NGPU must be a number of GPUs (0, 1, 2, ...), got {os.environ['NGPU']!r}")
         return int(os.environ["NGPU"])
     vis = os.environ.get("CUDA_VISIBLE_DEVICES")
     if vis is not None:
@@ -67,17 +84,18 @@ def launcher(script, ngpu):
 
 
 def plan_for(config_files):
-    """The `reproduce:` blocks of the config files layered over DEFAULT_PLAN."""
+    """The `reproduce:` blocks of the config files layered over DEFAULT_PLAN, validated against PLAN."""
     plan = dict(DEFAULT_PLAN)
     for path in config_files:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        block = data.get("reproduce") or {}
-        unknown = set(block) - set(DEFAULT_PLAN)
-        if unknown:
-            raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} in the reproduce block of {path}; "
-                            f"known: {', '.join(DEFAULT_PLAN)}")
-        plan.update(block)
+        block = load_yaml(path).get("reproduce") or {}
+        for k, v in block.items():
+            if k not in PLAN:
+                raise UserError(f"unknown key '{k}' in the reproduce block of {path}{suggest(k, PLAN)}")
+            plan[k] = coerce(k, v, PLAN[k])
+    validate(PLAN, plan)
+    if max(plan["ipcs"], default=0) > plan["sample_ipc"]:
+        raise UserError(f"ipcs {plan['ipcs']} ask for more images per class than sample_ipc {plan['sample_ipc']} "
+                        f"samples; raise sample_ipc or drop the larger IPCs")
     return plan
 
 
@@ -85,12 +103,27 @@ def sample_setting(config_files, key, default=None):
     """A sample.py key as the layered config files set it (top level or `sample:` block; later files win)."""
     value = default
     for path in config_files:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        data = load_yaml(path)
         for block in (data, data.get("sample") or {}):
             if key in block:
                 value = block[key]
     return value
+
+
+def check_tool_blocks(config_files):
+    """Every train/sample/evaluate block of the config files against its tool's declaration, before step one
+    (a typo in the evaluate block must not surface after hours of fine-tuning)."""
+    import importlib
+    for path in config_files:
+        data = load_yaml(path)
+        top = {k: v for k, v in data.items() if k not in SECTIONS}
+        for section, module in TOOLS.items():
+            spec = importlib.import_module(module).CONFIG
+            block = data.get(section) or {}
+            if not isinstance(block, dict):
+                raise UserError(f"section '{section}' in {path} must be a mapping of key: value")
+            check_block(spec, top, f"{path} (top-level keys go to every tool)")
+            check_block(spec, block, f"the {section} block of {path}")
 
 
 def build_steps(subset, imagenet, out, configs, ngpu):
@@ -237,7 +270,7 @@ def merge(dest, sources):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="reproduce.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--subset", help="imagewoof, imagenette, imageidc or imagenet100")
     p.add_argument("--imagenet", help="ImageNet root holding train/<wnid>/ and val/<wnid>/")
     p.add_argument("--out", default=None, help="output root (default results/<subset>)")
@@ -257,6 +290,8 @@ def main(argv=None):
             raise UserError(f"{os.path.join(args.imagenet, d)} not found; --imagenet must hold train/<wnid>/ and "
                             f"val/<wnid>/ (ImageNet's own images, see README)")
     out = os.path.abspath(args.out or os.path.join("results", args.subset))
+    check_output(out, "--out")
+    check_tool_blocks(configs)
     ngpu = gpu_count()
     steps = build_steps(args.subset, os.path.abspath(args.imagenet), out, configs, ngpu)
     if args.dry_run:

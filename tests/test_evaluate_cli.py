@@ -52,10 +52,14 @@ def test_deterministic_and_finished_runs_are_reused(data):
     s = a["convnet6"]
     assert s["best_mean"] == pytest.approx(np.mean([r["best"] for r in ra]))
     assert s["last_std"] == pytest.approx(np.std([r["last"] for r in ra]))
-    # rerun with one more repeat: the two finished runs are read back, only seed 2 trains
+    # rerun with one more repeat: the two finished runs are read back, only seed 2 trains; the leftover of a killed
+    # curve write goes
+    leftover = tmp / "a" / "curves" / ".tmp-x.png.999999999.abcd1234"
+    leftover.write_bytes(b"partial")
     logs = []
     c = run_evaluation(train, val, arch="convnet6", ipc=4, repeat=3, results=str(tmp / "a"), **dict(TINY, log=logs.append))
     assert sum("already in" in m for m in logs) == 2 and len(_runs(tmp / "a" / "results.jsonl")) == 3
+    assert not leftover.exists()
     assert c["convnet6"]["runs"][0]["curve"] == ra[0]["curve"]
     rec = _runs(tmp / "a" / "results.jsonl")[0]
     assert rec["fingerprint"] and rec["info"]["torch"] and rec["config"]["ipc"] == 4
@@ -115,7 +119,7 @@ def test_input_errors_before_training(data):
     os.makedirs(os.path.join(train, "fox"))
     with pytest.raises(UserError, match="fox"):  # empty train class, then missing in val
         evaluate.main(_bad(tmp, train, val))
-    with pytest.raises(UserError, match="unknown arch"):
+    with pytest.raises(UserError, match="arch must be one of"):
         evaluate.main(_bad(tmp, train, val, arch="convnet6,vgg"))
     with pytest.raises(UserError, match="needs --ipc"):
         evaluate.main(_bad(tmp, train, val, select="herding"))

@@ -225,13 +225,13 @@ def test_cli_errors(tiny, tmp_path):
     model, path, _, vae_dir = tiny
     common = ["--ckpt", "none", "--base", str(path), "--model", "DiT-T/2", "--vae", vae_dir, "--image_size", "16",
               "--num_steps", "2", "--device", "cpu"]
-    _assert_one_line_error(_cli(*common, "--ipc", "0", "--out", tmp_path / "o"), "ipc must be at least 1")
+    _assert_one_line_error(_cli(*common, "--ipc", "0", "--out", tmp_path / "o"), "ipc must be >= 1, got 0")
     woof_ckpt = _full_ckpt(make_tiny_dit(input_size=8, in_channels=3, num_classes=10), tmp_path / "woof.pt",
                            WOOF, "imagewoof")
     _assert_one_line_error(_cli(*common[2:], "--ckpt", woof_ckpt, "--subset", "imagenette", "--out", tmp_path / "o"),
                            "fine-tuned on subset 'imagewoof'")
     from sample import main
-    with pytest.raises(UserError, match="unknown subset 'woof'"):
+    with pytest.raises(UserError, match="subset must be one of .*got 'woof'"):
         main([*common, "--subset", "woof", "--out", str(tmp_path / "o")])
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):

@@ -149,9 +149,14 @@ def test_cli_error_is_one_line_without_traceback():
 
 def test_finished_run_is_not_retrained(env, straight, capsys):
     before = file_sha256(env["root"] / "straight" / "checkpoint.pt")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = env["root"] / "straight" / f".tmp-checkpoint.pt.{dead.pid}.x1y2z3w4"  # a write killed mid-way
+    leftover.write_bytes(b"partial")
     out = run(env, "straight")
     assert out["step"] == 9 and "nothing to do" in capsys.readouterr().out
     assert file_sha256(env["root"] / "straight" / "checkpoint.pt") == before
+    assert not leftover.exists()  # the rerun of the same command removed it
 
 
 def test_latent_cache_and_on_the_fly_encoding_agree(env, half):
@@ -303,12 +308,12 @@ def cli_error(env, capsys, monkeypatch, argv):
 
 def test_user_errors_before_heavy_work(env, straight, capsys, monkeypatch, tmp_path):
     r = str(tmp_path / "run")
-    assert "data dir not found" in cli_error(env, capsys, monkeypatch, ["--run_dir", r, "--data_dir", "/nonexistent"])
+    assert "data_dir /nonexistent: folder not found" in cli_error(env, capsys, monkeypatch, ["--run_dir", r, "--data_dir", "/nonexistent"])
     assert "missing" in cli_error(env, capsys, monkeypatch, ["--run_dir", r, "--subset", "imagewoof"])
     assert "did you mean 'lambda_r'" in cli_error(env, capsys, monkeypatch, ["--run_dir", r, "--lamda_r", "1"])
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert "cannot write to run_dir" in cli_error(env, capsys, monkeypatch, ["--run_dir", str(blocker / "run")])
+    assert "which is a file" in cli_error(env, capsys, monkeypatch, ["--run_dir", str(blocker / "run")])
     assert "mode must be one of" in cli_error(env, capsys, monkeypatch, ["--run_dir", r, "--mode", "fine"])
 
 
@@ -331,5 +336,5 @@ def test_resume_refusals_leave_checkpoint_untouched(env, straight, half, capsys,
     err = cli_error(env, capsys, monkeypatch, ["--run_dir", str(env["root"] / "new"), "--resume", env["cfg"]["base"]])
     assert "not a training checkpoint" in err
     err = cli_error(env, capsys, monkeypatch, ["--run_dir", str(env["root"] / "new"), "--resume", "/nonexistent.pt"])
-    assert "checkpoint not found" in err
+    assert "resume /nonexistent.pt not found" in err
     assert file_sha256(ckpt) == before and hashlib.sha256(ckpt.read_bytes()).hexdigest() == before

@@ -5,26 +5,75 @@ from importlib import metadata
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
+import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# a temporary file of an atomic write: .tmp-<name>.<writer pid>.<random>; a killed writer leaves it behind
+TMP_PREFIX = ".tmp-"
+_TMP = re.compile(r"^\.tmp-.+?\.(?:(\d+)\.)?[a-z0-9_]{8}$")
+LEGACY_TMP_AGE_S = 600  # names without a pid (written before the pid was recorded): stale after this long
+
+
 def _atomic(path, write_fn, mode):
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + ".")
+    try:
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f"{TMP_PREFIX}{os.path.basename(path)}.{os.getpid()}.")
+    except OSError as e:
+        e.filename = e.filename or path
+        raise
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = path  # a full disk names the file being written
         raise
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_tmp(folder):
+    """Remove the temporary files of atomic writes that a killed run left in `folder` (only this project's
+    .tmp-<name>.<pid>.<random> pattern, and only when that writer process is gone). Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        m = _TMP.match(name)
+        path = os.path.join(folder, name)
+        if not m or not os.path.isfile(path) or os.path.islink(path):
+            continue
+        pid = m.group(1)
+        try:
+            stale = (not _alive(int(pid))) if pid else now - os.path.getmtime(path) > LEGACY_TMP_AGE_S
+            if stale and (not pid or int(pid) != os.getpid()):
+                os.remove(path)
+                removed.append(name)
+        except OSError:
+            continue
+    return removed
 
 
 def atomic_write_bytes(path, data):
