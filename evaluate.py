@@ -5,7 +5,7 @@
     python evaluate.py --train /data/imagenet/train --val /data/imagenet/val --subset imagewoof --select herding --ipc 10
     python evaluate.py --train results/samples/imagewoof --mmd_real /data/imagenet/train --val ... --arch none --ipc 50
 """
-from evaluation import run_evaluation
+from models.evaluation import run_evaluation
 from utils.config import parse_config
 from utils.errors import UserError, run_cli
 

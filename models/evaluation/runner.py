@@ -1,6 +1,7 @@
-"""IDC evaluation protocol (SPEC §5): train classifiers from scratch on an image folder, report top-1 on val.
+"""The evaluation runner: train classifiers from scratch on an image folder, report top-1 on val (SPEC §5).
 
-`run_evaluation(...)` is the library entry point (evaluate.py is its CLI). Data are decoded once; on the default
+`run_evaluation(...)` is the library entry point (evaluate.py is its CLI): classes and file lists, one-time decoding,
+coreset selection, repeats, results on disk and read-back of finished runs. Data are decoded once; on the default
 'gpu' path they stay on the device as uint8 and every augmentation runs there in batch.
 """
 import os
@@ -9,221 +10,19 @@ import time
 import numpy as np
 import torch
 
-from data.eval_augment import (PilTestSet, PilTrainSet, cutmix, cutmix_loss, gpu_test_batch, gpu_train_batch)
-from data.eval_data import (check_readable, class_files, decode_all, fingerprint, flatten, take_first)
+from data.eval_data import check_readable, class_files, decode_all, fingerprint, flatten, take_first
 from data.eval_results import finished_runs, record, results_path, run_key, save_curves
 from data.eval_select import feature_mmd, herding, kcenter, random_select
 from data.subsets import list_class_dirs, resolve_subset
-from models.classifiers import CLASSIFIERS, build_classifier
+from models.classifiers import CLASSIFIERS
+from models.evaluation.common import (DeviceTest, DeviceTrain, PilTest, PilTrain, make_model, resolve_amp,
+                                      resolve_device)
+from models.evaluation.idc import epochs_for, extract_features, feature_net, optim_defaults, train_classifier
 from utils.config import save_config
 from utils.errors import UserError
-from utils.io import atomic_torch_save, run_info
+from utils.io import run_info
 
 SELECTS = ("none", "random", "herding", "kcenter", "full")
-
-
-#### Protocol rules ##########################################################################################
-
-def epochs_for(ipc, num_classes):
-    """IDC's epochs by IPC (10 -> 2000, 20/50 -> 1500, 70/100 -> 1000); >= 100 classes: x2/3, floor to 100s."""
-    if ipc <= 10:
-        epochs = 2000
-    elif ipc <= 50:
-        epochs = 1500
-    elif ipc <= 200:
-        epochs = 1000
-    elif ipc <= 500:  # beyond SPEC's table (IDC's rule for large sets, e.g. the full subset)
-        epochs = 500
-    else:
-        epochs = 300
-    if num_classes >= 100:
-        epochs = int(epochs * 2 / 3) // 100 * 100
-    return epochs
-
-
-def optim_defaults(num_classes):
-    """(lr, weight decay): 0.01 / 5e-4, or 0.1 / 1e-4 above 100 classes."""
-    return (0.1, 1e-4) if num_classes > 100 else (0.01, 5e-4)
-
-
-def milestones(epochs):
-    """MultiStepLR milestones (gamma 0.2) at 2/3 and 5/6 of training."""
-    return [2 * epochs // 3, 5 * epochs // 6]
-
-
-def resolve_device(device):
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device} requested but CUDA is not available; use --device cpu or auto")
-    return torch.device(device)
-
-
-def resolve_amp(amp, device):
-    """'auto' -> bf16 autocast on CUDA, full fp32 on CPU (CPU bf16 is slower and less exact)."""
-    if amp not in ("auto", "bf16", "none"):
-        raise UserError(f"amp must be auto, bf16 or none, got {amp!r}")
-    return "bf16" if (amp == "bf16" or (amp == "auto" and device.type == "cuda")) else "none"
-
-
-def _memory_format(device):
-    """channels_last feeds tensor cores on CUDA; on CPU (oneDNN) it is slower for these nets, so keep NCHW there."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
-def _fmt(x):
-    return x.contiguous(memory_format=_memory_format(x.device))
-
-
-def _autocast(device, amp):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
-
-
-#### Data sources ############################################################################################
-
-class DeviceTrain:
-    """Train images as uint8 on the device; each batch is cropped, flipped, jittered and lit there."""
-
-    def __init__(self, images, labels, size, batch_size, device):
-        self.images, self.labels = images.to(device), torch.as_tensor(labels, device=device)
-        self.size, self.batch_size = size, batch_size
-
-    def batches(self, gen):
-        n = self.images.shape[0]
-        perm = torch.randperm(n, generator=gen, device=gen.device).to(self.images.device)
-        for i in range(0, n, self.batch_size):
-            idx = perm[i:i + self.batch_size]
-            yield gpu_train_batch(self.images[idx], self.size, gen), self.labels[idx]
-
-
-class DeviceTest:
-    def __init__(self, images, labels, batch_size, device):
-        self.images, self.labels = images.to(device), torch.as_tensor(labels, device=device)
-        self.batch_size = batch_size
-
-    def batches(self):
-        for i in range(0, self.images.shape[0], self.batch_size):
-            yield gpu_test_batch(self.images[i:i + self.batch_size]), self.labels[i:i + self.batch_size]
-
-
-class PilTrain:
-    """The authors' CPU path: PIL decode + augmentation per sample in DataLoader workers."""
-
-    def __init__(self, paths, labels, size, batch_size, device, workers, seed):
-        self.device = device
-        self.loader = torch.utils.data.DataLoader(
-            PilTrainSet(paths, labels, size), batch_size=batch_size, shuffle=True, num_workers=workers,
-            generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
-            pin_memory=device.type == "cuda")
-
-    def batches(self, gen):
-        for x, y in self.loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-
-class PilTest:
-    def __init__(self, paths, labels, size, batch_size, device, workers):
-        self.device = device
-        self.loader = torch.utils.data.DataLoader(PilTestSet(paths, labels, size), batch_size=batch_size,
-                                                  num_workers=workers)
-
-    def batches(self):
-        for x, y in self.loader:
-            yield x.to(self.device), y.to(self.device)
-
-
-#### Training ################################################################################################
-
-@torch.no_grad()
-def test_accuracy(model, test, device, amp):
-    """Top-1 (%) over the whole test set."""
-    model.eval()
-    correct, total = torch.zeros((), device=device), 0
-    for x, y in test.batches():
-        with _autocast(device, amp):
-            logits = model(_fmt(x))  # (B, classes)
-        correct += (logits.argmax(1) == y).sum()
-        total += y.numel()
-    model.train()
-    return 100.0 * float(correct) / max(total, 1)
-
-
-def train_classifier(model, train, test, epochs, lr, momentum, weight_decay, eval_every, seed, device, amp="none",
-                     log=print, tag=""):
-    """SGD + MultiStepLR + CutMix on every batch; test every `eval_every` epochs and at the end.
-
-    Returns {"best", "last", "best_epoch", "curve": [[epoch, top1]], "loss": [[epoch, mean loss]], "seconds",
-    "images_per_sec"}."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(epochs), gamma=0.2)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    curve, losses, seen, t0 = [], [], 0, time.time()
-    model.train()
-    for epoch in range(1, epochs + 1):
-        total, steps = torch.zeros((), device=device), 0
-        for x, y in train.batches(gen):
-            x, y, y_b, ratio = cutmix(x, y, gen)
-            with _autocast(device, amp):
-                logits = model(_fmt(x))  # (B, classes)
-            loss = cutmix_loss(logits.float(), y, y_b, ratio)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-            steps += 1
-            seen += y.numel()
-        sched.step()
-        if epoch % eval_every == 0 or epoch == epochs:
-            acc = test_accuracy(model, test, device, amp)
-            curve.append([epoch, acc])
-            losses.append([epoch, float(total) / max(steps, 1)])
-            best = max(a for _, a in curve)
-            log(f"{tag} epoch {epoch}/{epochs} loss {losses[-1][1]:.4f} top1 {acc:.2f} best {best:.2f}")
-    secs = time.time() - t0
-    best_epoch, best = max(curve, key=lambda c: c[1])
-    return {"best": best, "last": curve[-1][1], "best_epoch": best_epoch, "curve": curve, "loss": losses,
-            "seconds": secs, "images_per_sec": seen / max(secs, 1e-9)}
-
-
-def make_model(arch, num_classes, image_size, depth, device, compile_model, seed, width=None):
-    torch.manual_seed(seed)
-    model = build_classifier(arch, num_classes, image_size, depth=depth, width=width)
-    model = model.to(device, memory_format=_memory_format(device))
-    return torch.compile(model) if compile_model else model
-
-
-#### Feature network (herding, k-center, MMD) ################################################################
-
-@torch.no_grad()
-def extract_features(model, images, device, amp, batch_size=256):
-    """Penultimate features of uint8 images under the test transform -> (N, d) float32 on CPU."""
-    model.eval()
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = gpu_test_batch(images[i:i + batch_size].to(device))
-        with _autocast(device, amp):
-            out.append(model.forward_features(_fmt(x)).float().cpu())
-    return torch.cat(out)
-
-
-def feature_net(arch, images, labels, test, num_classes, image_size, depth, hp, device, amp, seed, cache_dir,
-                data_fp, log):
-    """A network trained on the full real set under the same protocol; its checkpoint is cached (trained once)."""
-    key = run_key(dict(hp, image_size=image_size, depth=depth, amp=amp), data_fp, arch, seed)
-    path = os.path.join(cache_dir, f"{arch}-{key}.pt")
-    model = make_model(arch, num_classes, image_size, depth, device, False, seed)
-    if os.path.isfile(path):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        log(f"feature net loaded from {path} (top1 {ckpt['top1']:.2f})")
-        return model, path
-    log(f"training the feature net ({arch}, {hp['epochs']} epochs on {images.shape[0]} real images)")
-    train = DeviceTrain(images, labels, image_size, hp["batch_size"], device)
-    res = train_classifier(model, train, test, hp["epochs"], hp["lr"], hp["momentum"], hp["weight_decay"],
-                           hp["eval_every"], seed, device, amp, log, tag=f"[feature {arch}]")
-    atomic_torch_save({"model": model.state_dict(), "arch": arch, "top1": res["last"], "key": key,
-                       "hparams": hp, "info": {k: str(v) for k, v in run_info().items()}}, path)
-    return model, path
 
 
 #### Orchestration ###########################################################################################
