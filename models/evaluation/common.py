@@ -40,18 +40,19 @@ def autocast_for(device, amp):
 #### Data sources ############################################################################################
 
 class DeviceTrain:
-    """Train images as uint8 on the device; each batch is cropped, flipped, jittered and lit there."""
+    """Train images as uint8 on the device; each batch is augmented there by `augment(uint8, size, gen)` (IDC's
+    crop, flip, jitter and lighting by default)."""
 
-    def __init__(self, images, labels, size, batch_size, device):
+    def __init__(self, images, labels, size, batch_size, device, augment=gpu_train_batch):
         self.images, self.labels = images.to(device), torch.as_tensor(labels, device=device)
-        self.size, self.batch_size = size, batch_size
+        self.size, self.batch_size, self.augment = size, batch_size, augment
 
     def batches(self, gen):
         n = self.images.shape[0]
         perm = torch.randperm(n, generator=gen, device=gen.device).to(self.images.device)
         for i in range(0, n, self.batch_size):
             idx = perm[i:i + self.batch_size]
-            yield gpu_train_batch(self.images[idx], self.size, gen), self.labels[idx]
+            yield self.augment(self.images[idx], self.size, gen), self.labels[idx]
 
 
 class DeviceTest:
@@ -67,10 +68,10 @@ class DeviceTest:
 class PilTrain:
     """The authors' CPU path: PIL decode + augmentation per sample in DataLoader workers."""
 
-    def __init__(self, paths, labels, size, batch_size, device, workers, seed):
+    def __init__(self, paths, labels, size, batch_size, device, workers, seed, dataset=None):
         self.device = device
         self.loader = torch.utils.data.DataLoader(
-            PilTrainSet(paths, labels, size), batch_size=batch_size, shuffle=True, num_workers=workers,
+            dataset or PilTrainSet(paths, labels, size), batch_size=batch_size, shuffle=True, num_workers=workers,
             generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
             pin_memory=device.type == "cuda")
 
@@ -78,11 +79,17 @@ class PilTrain:
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+    def get_state(self):  # the shuffling order resumes exactly; the workers' augmentation streams do not
+        return self.loader.generator.get_state()
+
+    def set_state(self, state):
+        self.loader.generator.set_state(state)
+
 
 class PilTest:
-    def __init__(self, paths, labels, size, batch_size, device, workers):
+    def __init__(self, paths, labels, size, batch_size, device, workers, resize=None):
         self.device = device
-        self.loader = torch.utils.data.DataLoader(PilTestSet(paths, labels, size), batch_size=batch_size,
+        self.loader = torch.utils.data.DataLoader(PilTestSet(paths, labels, size, resize), batch_size=batch_size,
                                                   num_workers=workers)
 
     def batches(self):
