@@ -175,7 +175,7 @@ def _resnet18_bn(num_classes, image_size, depth=None, width=None):
 
 
 CLASSIFIERS = {"convnet6": _convnet, "resnetap10": _resnetap10, "resnet18": _resnet18, "resnet18_bn": _resnet18_bn}
-# the RDED protocol's 'resnet18' is torchvision's (BatchNorm) network, its student; 'resnet18_in' names the IDC one there
+# under the RDED protocol 'resnet18' is torchvision's BatchNorm network (its student); 'resnet18_in' the IDC one
 RDED_ALIASES = {"resnet18": "resnet18_bn", "resnet18_in": "resnet18"}
 
 

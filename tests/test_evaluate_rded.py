@@ -41,7 +41,7 @@ def test_quarter_cosine_schedule_at_epochs_0_150_299():
         sched.step()
     assert lrs[0] == [1e-3, 1e-3]
     assert lrs[150][0] == pytest.approx(1e-3 * 0.8535533905932737, rel=1e-12)
-    assert lrs[299][0] == pytest.approx(1e-3 * 0.5 * (1 + math.sin(math.pi / 600)), rel=1e-12)  # ~5e-4 at the end, no warm-up
+    assert lrs[299][0] == pytest.approx(1e-3 * 0.5 * (1 + math.sin(math.pi / 600)), rel=1e-12)
     assert rded.batch_size_for(10) == 100 and rded.batch_size_for(50) == 200 and rded.best_after_for(300) == 240
 
 
@@ -159,9 +159,9 @@ def tiny(tmp_path_factory):
     return train, val, teacher, tmp
 
 
-def _args(train, val, teacher, results, **extra):
-    args = ["--protocol", "rded", "--train", train, "--val", val, "--teacher_weights", teacher, "--image_size", "32",
-            "--ipc", "2", "--epochs", "4", "--eval_every", "1", "--best_after", "1", "--batch_size", "5",
+def _args(train, val, teacher_file, results, **extra):
+    args = ["--protocol", "rded", "--train", train, "--val", val, "--teacher_weights", teacher_file,
+            "--image_size", "32", "--ipc", "2", "--epochs", "4", "--eval_every", "1", "--best_after", "1", "--batch_size", "5",
             "--repeat", "1", "--device", "cpu", "--workers", "0", "--results", str(results)]
     for k, v in extra.items():
         args = [a for i, a in enumerate(args) if f"--{k}" not in args[max(0, i - 1):i + 1]]  # later keys replace
@@ -245,6 +245,10 @@ def test_bad_inputs_one_line_nothing_written(tiny, tmp_path, monkeypatch):
         evaluate.main(_args(str(other), str(other), big, out, ipc=1, teacher_subset="true"))
     with pytest.raises(UserError, match="convnet depth"):
         evaluate.main(_args(train, val, teacher, out, arch="convnet6", depth=6))
+    small = str(tmp_path / "squeeze.pt")  # a teacher that pools a 16 px input to nothing
+    torch.save(torchvision.models.squeezenet1_1(num_classes=10).state_dict(), small)
+    with pytest.raises(UserError, match="teacher cannot take 16 px inputs"):
+        evaluate.main(_args(train, val, small, out, teacher="squeezenet1_1", arch="convnet6", image_size=16))
     assert not os.path.exists(out)  # (evaluate.py turns each UserError into one line and exit 2: run_cli)
 
 
@@ -252,3 +256,14 @@ def test_teacher_subset_restricts_logits_in_subset_order():
     idx = rded.teacher_class_index(1000, 3, [5, 0, 999], True, "resnet18")
     assert idx == [5, 0, 999]
     assert rded.teacher_class_index(10, 10, [None] * 10, False, "resnet18") is None
+
+
+def test_val_cache_is_decoded_once_and_keyed_by_size(tmp_path):
+    from data.eval_data import decode_all, decode_cached
+    paths, _ = flatten(class_files(make_folder(tmp_path / "v", 1, 0), WNIDS, "val"), WNIDS)
+    logs = []
+    a = decode_cached(paths, 16, 18, str(tmp_path / "c"), 0, logs.append)
+    b = decode_cached(paths, 16, 18, str(tmp_path / "c"), 0, logs.append)
+    assert len(logs) == 1 and torch.equal(a, b) and torch.equal(a, decode_all(paths, 16, 0, 18))
+    decode_cached(paths, 16, 16, str(tmp_path / "c"), 0, logs.append)  # another resize: another array
+    assert len(logs) == 2 and len(os.listdir(tmp_path / "c")) == 2

@@ -30,7 +30,7 @@ def _load_state(path, key, model, opt, sched, gen, train, device):
     if state.get("format") != STATE_FORMAT or state.get("key") != key:
         raise UserError(f"{path} is not the state of this run (key {state.get('key')} != {key}); delete it to "
                         f"start the run again")
-    model.load_state_dict(state["model"])
+    getattr(model, "_orig_mod", model).load_state_dict(state["model"])  # the same file with or without compile
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], {"train": gen}, device)
@@ -73,7 +73,7 @@ def fit(model, train, test, *, epochs, opt, sched, loss_fn, eval_at, gen, device
                 f"best {max(a for _, a in curve):.2f}")
         if state_path and ((ckpt_every and epoch % ckpt_every == 0) or epoch == epochs):
             atomic_torch_save({"format": STATE_FORMAT, "key": state_key, "epoch": epoch, "epochs": epochs,
-                               "model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "model": getattr(model, "_orig_mod", model).state_dict(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "rng": get_rng_state({"train": gen}, device),
                                "loader": train.get_state() if hasattr(train, "get_state") else None,
                                "curve": curve, "loss": losses, "seen": seen, "seconds": time.time() - t0},

@@ -78,8 +78,11 @@ def _state_dict(obj, path):
     return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
-def _head_name(model):
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+def _head_key(name):
+    """The state-dict key of the classifier weight: the one whose shape follows num_classes."""
+    a = torchvision.models.get_model(name, weights=None, num_classes=1000).state_dict()
+    b = torchvision.models.get_model(name, weights=None, num_classes=7).state_dict()
+    return next(k for k in a if k.endswith("weight") and a[k].shape != b[k].shape)
 
 
 def load_teacher(name, weights_file=None):
@@ -105,10 +108,10 @@ def load_teacher(name, weights_file=None):
     except (RuntimeError, OSError, EOFError) as e:  # weights_only refuses pickled code; truncated files
         raise UserError(f"cannot read teacher weights {path} ({str(e).splitlines()[0][:120]}); pass a state dict "
                         f"saved with torch.save") from None
-    head = _head_name(torchvision.models.get_model(name, weights=None))
-    if f"{head}.weight" not in state:
-        raise UserError(f"teacher weights {path} have no '{head}.weight': not a {name} state dict")
-    num_classes = state[f"{head}.weight"].shape[0]
+    head = _head_key(name)
+    if head not in state:
+        raise UserError(f"teacher weights {path} have no '{head}': not a {name} state dict")
+    num_classes = state[head].shape[0]
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     missing, unexpected = model.load_state_dict(state, strict=False)
     bad = [k for k in missing + unexpected if not k.endswith("num_batches_tracked")]
