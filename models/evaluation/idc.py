@@ -91,7 +91,10 @@ def extract_features(model, images, device, amp, batch_size=256):
 def feature_net(arch, images, labels, test, num_classes, image_size, depth, hp, device, amp, seed, cache_dir,
                 data_fp, log):
     """A network trained on the full real set under the same protocol; its checkpoint is cached (trained once)."""
-    key = run_key(dict(hp, image_size=image_size, depth=depth, amp=amp), data_fp, arch, seed)
+    ident = dict(hp, image_size=image_size, depth=depth, amp=amp)
+    if image_size < 224:  # the small-image networks follow the authors' since issue 13: older caches do not fit
+        ident["nets"] = "authors"
+    key = run_key(ident, data_fp, arch, seed)
     path = os.path.join(cache_dir, f"{arch}-{key}.pt")
     model = make_model(arch, num_classes, image_size, depth, device, False, seed)
     if os.path.isfile(path):
