@@ -267,3 +267,18 @@ def test_val_cache_is_decoded_once_and_keyed_by_size(tmp_path):
     assert len(logs) == 1 and torch.equal(a, b) and torch.equal(a, decode_all(paths, 16, 0, 18))
     decode_cached(paths, 16, 16, str(tmp_path / "c"), 0, logs.append)  # another resize: another array
     assert len(logs) == 2 and len(os.listdir(tmp_path / "c")) == 2
+
+
+def test_dataloader_path_is_deterministic_and_tests_only_late_epochs(tiny):
+    """The per-sample PIL path of the protocol (the benchmark's reference arm) runs, repeats itself exactly, and
+    tests only after best_after (plus the last epoch)."""
+    from models.evaluation import run_evaluation
+    train, val, teacher, tmp = tiny
+    kw = dict(protocol="rded", teacher_weights=teacher, arch="convnet6", width=8, depth=2, image_size=16, ipc=2,
+              epochs=3, eval_every=1, best_after=1, batch_size=5, repeat=1, device="cpu", workers=0,
+              data_path="pil", val_cache="none", log=lambda *a: None)
+    a = run_evaluation(train, val, results=str(tmp / "pil-a"), **kw)["convnet6"]["runs"][0]
+    b = run_evaluation(train, val, results=str(tmp / "pil-b"), **kw)["convnet6"]["runs"][0]
+    assert a["loss"] == b["loss"] and a["curve"] == b["curve"] and [e for e, _ in a["curve"]] == [2, 3]
+    assert a["protocol"]["factor"] == 2 and a["protocol"]["crop_scale"] == [0.5, 1.0]
+    assert a["protocol"]["teacher"]["classes"] == 10 and a["n_train"] == 20
