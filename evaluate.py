@@ -64,7 +64,7 @@ CONFIG = {
                              "(auto: <results>/../val_cache for rded, none for idc; none: decode each run)",
                      type="str"),
     "ckpt_every": Key(None, "save the run's state (weights, optimiser, RNGs, curve) every N epochs for an exact "
-                            "resume after a kill (None: eval_every; 0: only at the end)", type="int", lo=0, null=True),
+                            "resume after a kill (None: every ~2 minutes; 0: only at the end)", type="int", lo=0, null=True),
     "keep_weights": Key(False, "keep each finished run's final state (student weights) in <results>/state/",
                         type="bool"),
     "debug_kill_epoch": Key(0, "testing: SIGKILL this process right after the state of this epoch is written "

@@ -51,7 +51,7 @@ def milestones(epochs):
 #### Training ################################################################################################
 
 def train_classifier(model, train, test, epochs, lr, momentum, weight_decay, eval_every, seed, device, amp="none",
-                     log=print, tag="", state_path=None, state_key=None, ckpt_every=0, debug_kill_epoch=0,
+                     log=print, tag="", state_path=None, state_key=None, ckpt_every=None, debug_kill_epoch=0,
                      best_after=0):
     """SGD + MultiStepLR + CutMix with hard labels on every batch; test every `eval_every` epochs and at the end.
 

@@ -18,6 +18,7 @@ from utils.errors import UserError
 from utils.io import atomic_torch_save
 
 STATE_FORMAT = "minimax-eval-state"
+STATE_SECONDS = 120  # ckpt_every None: a state at most this often (an IDC epoch of 100 images takes ms)
 
 
 def eval_epochs(epochs, eval_every, after=0):
@@ -40,8 +41,10 @@ def _load_state(path, key, model, opt, sched, gen, train, device):
 
 
 def fit(model, train, test, *, epochs, opt, sched, loss_fn, eval_at, gen, device, amp, state_path=None,
-        state_key=None, ckpt_every=0, debug_kill_epoch=0, log=print, tag=""):
-    """Train `epochs` epochs (scheduler stepped per epoch), test at the epochs in `eval_at`.
+        state_key=None, ckpt_every=None, debug_kill_epoch=0, log=print, tag=""):
+    """Train `epochs` epochs (scheduler stepped per epoch), test at the epochs in `eval_at`. With `state_path`, the
+    state is written every `ckpt_every` epochs (None: after the first epoch that ends STATE_SECONDS after the last
+    write; 0: only at the end) and at the end.
 
     Returns {"curve": [[epoch, top1]], "loss": [[epoch, mean loss of that epoch]], "seconds", "images_per_sec",
     "resumed_from"}; with `state_path`, continues from the state found there and keeps the final state."""
@@ -53,6 +56,7 @@ def fit(model, train, test, *, epochs, opt, sched, loss_fn, eval_at, gen, device
         log(f"{tag} resumed at epoch {start}/{epochs} from {state_path}")
     eval_at = set(eval_at)
     t0 = time.time() - secs
+    last_write = time.time()
     model.train()
     for epoch in range(start + 1, epochs + 1):
         total, steps = torch.zeros((), device=device), 0
@@ -71,13 +75,16 @@ def fit(model, train, test, *, epochs, opt, sched, loss_fn, eval_at, gen, device
             losses.append([epoch, float(total) / max(steps, 1)])
             log(f"{tag} epoch {epoch}/{epochs} loss {losses[-1][1]:.4f} top1 {acc:.2f} "
                 f"best {max(a for _, a in curve):.2f}")
-        if state_path and ((ckpt_every and epoch % ckpt_every == 0) or epoch == epochs):
+        due = (time.time() - last_write >= STATE_SECONDS) if ckpt_every is None else \
+            (ckpt_every > 0 and epoch % ckpt_every == 0)
+        if state_path and (due or epoch == epochs):
             atomic_torch_save({"format": STATE_FORMAT, "key": state_key, "epoch": epoch, "epochs": epochs,
                                "model": getattr(model, "_orig_mod", model).state_dict(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "rng": get_rng_state({"train": gen}, device),
                                "loader": train.get_state() if hasattr(train, "get_state") else None,
                                "curve": curve, "loss": losses, "seen": seen, "seconds": time.time() - t0},
                               state_path)
+            last_write = time.time()
             if debug_kill_epoch == epoch:
                 os.kill(os.getpid(), signal.SIGKILL)  # testing: die like kill -9, right after the write
     secs = time.time() - t0

@@ -144,7 +144,7 @@ def teacher_class_index(teacher_classes, num_classes, imagenet_idx, restrict, te
 
 def train_student(model, teacher, train, test, *, epochs, lr, weight_decay, temperature, eval_every, best_after,
                   seed, device, amp="none", teacher_index=None, log=print, tag="", state_path=None, state_key=None,
-                  ckpt_every=0, debug_kill_epoch=0):
+                  ckpt_every=None, debug_kill_epoch=0):
     """AdamW + quarter cosine per epoch; each batch: CutMix (p = 1), teacher logits on the mixed images, KL.
 
     Returns {"best" (best test after `best_after`), "best_epoch", "last", "curve", "loss", "seconds",

@@ -244,7 +244,6 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
     done = finished_runs(out_path)
     augment = (lambda u8, size, g: rded_train_batch(u8, size, hp["factor"], hp["crop_scale"], g)) \
         if protocol == "rded" else None
-    ckpt_every = hp["eval_every"] if ckpt_every is None else ckpt_every
     train_data = None
     for a in archs:
         runs, trained = [], False
