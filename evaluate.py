@@ -1,9 +1,11 @@
-"""Evaluate a (distilled) image folder with the IDC protocol: train ConvNet-6 / ResNetAP-10 / ResNet-18 from scratch.
+"""Evaluate a (distilled) image folder: train networks from scratch on it (IDC protocol, or RDED's soft labels).
 
     python evaluate.py --train results/samples/imagewoof --val /data/imagenet/val --subset imagewoof \
         --arch convnet6,resnetap10,resnet18 --ipc 10 --repeat 3
     python evaluate.py --train /data/imagenet/train --val /data/imagenet/val --subset imagewoof --select herding --ipc 10
     python evaluate.py --train results/samples/imagewoof --mmd_real /data/imagenet/train --val ... --arch none --ipc 50
+    python evaluate.py --protocol rded --train distilled/imagenet1k --val /data/imagenet/val --subset imagenet1k \
+        --ipc 10 --repeat 3 --method minimax            # paper Table 4: ResNet-18 student, ResNet-18 teacher
 """
 import os
 
@@ -21,8 +23,11 @@ CONFIG = {
     "subset": Key("custom", choices=(*subset_names(), "custom"),
                   help="class list: imagewoof, imagenette, imageidc, imagenet100, ... or custom (train dir's "
                        "folders)"),
-    "arch": Key(["resnetap10"], type="list", items="str", choices=("convnet6", "resnetap10", "resnet18", "none"),
-                help="comma list of convnet6, resnetap10, resnet18 ('none': only MMD)"),
+    "arch": Key(None, type="list", items="str", null=True,
+                choices=("convnet6", "resnetap10", "resnet18", "resnet18_bn", "resnet18_in", "none"),
+                help="comma list of convnet6, resnetap10, resnet18, resnet18_bn ('none': only MMD); None: resnetap10 "
+                     "(idc), resnet18 (rded, where it is torchvision's BatchNorm ResNet-18 and resnet18_in the IDC "
+                     "one)"),
     "ipc": Key(None, type="int", lo=1, null=True,
                help="images per class: files 0..K-1 in numeric order (None: all); pick size for --select"),
     "select": Key("none", choices=("none", "random", "herding", "kcenter", "full"),
@@ -33,16 +38,19 @@ CONFIG = {
     "image_size": Key(224, lo=8,
                       help="training/test resolution (Resize + CenterCrop at load, RandomResizedCrop per sample)"),
     "epochs": Key(None, type="int", lo=1, null=True,
-                  help="None: by IPC (10: 2000, 20-50: 1500, 70-200: 1000; >= 100 classes x2/3)"),
-    "batch_size": Key(64, lo=1, help="SGD batch size"),
+                  help="None: idc by IPC (1: 3000, 10: 2000, 20-50: 1500, 70-200: 1000; 100 classes x2/3); rded 300"),
+    "batch_size": Key(None, type="int", lo=1, null=True,
+                      help="None: idc 64 (128 above 100 classes); rded 100 below IPC 50, 200 from IPC 50"),
     "test_batch_size": Key(256, lo=1, help="batch size for testing and feature extraction"),
-    "lr": Key(None, type="float", gt=0, null=True, help="None: 0.01 (0.1 above 100 classes)"),
+    "lr": Key(None, type="float", gt=0, null=True, help="None: idc 0.01 (0.1 above 100 classes); rded 1e-3 (AdamW)"),
     "momentum": Key(0.9, lo=0, lt=1, help="SGD momentum"),
-    "weight_decay": Key(None, type="float", lo=0, null=True, help="None: 5e-4 (1e-4 above 100 classes)"),
+    "weight_decay": Key(None, type="float", lo=0, null=True, help="None: idc 5e-4 (1e-4 above 100 classes); rded 0.01 on ndim > 1 "
+                                                                           "weights only"),
     "eval_every": Key(None, type="int", lo=1, null=True,
-                      help="test every N epochs (None: epochs // 100); the last epoch is always tested"),
+                      help="test every N epochs (None: idc epochs // 100, rded 10); the last epoch is always "
+                           "tested"),
     "depth": Key(None, type="int", lo=1, null=True,
-                 help="convnet6 pooling depth (None: 6 at >= 192 px, fewer for small images)"),
+                 help="convnet6 pooling depth (None: 6 as the authors, fewer below 64 px)"),
     "device": Key("auto", type="str", help="auto (cuda if available), cpu, cuda, cuda:1"),
     "amp": Key("none", choices=("none", "bf16", "auto"),
                help="none: fp32 as the authors (TF32 convolutions on CUDA, PyTorch's default); bf16: autocast, ~2x "
@@ -56,7 +64,7 @@ CONFIG = {
                         "name>/results.jsonl)"),
     "mmd_real": Key(None, type="str", path="dir", null=True,
                     help="real train dir: also report the feature MMD of --train to it (paper Table 2)"),
-    "feature_arch": Key("resnetap10", choices=("convnet6", "resnetap10", "resnet18"),
+    "feature_arch": Key("resnetap10", choices=("convnet6", "resnetap10", "resnet18", "resnet18_bn"),
                         help="network trained on the full real set for herding / k-center / MMD features"),
     "feature_epochs": Key(None, type="int", lo=1, null=True,
                           help="epochs for that network (None: the IPC rule for the full set)"),
@@ -65,6 +73,32 @@ CONFIG = {
     "method": Key(None, type="str", null=True,
                   help="tag stored in every result record (minimax, dit, random, ...) that scripts/tables.py "
                        "groups by; None: the --select mode, else the train folder's name"),
+    "protocol": Key("idc", "idc: hard labels, SGD (SPEC §5, Tables 1/3/5); rded: a frozen teacher's soft labels, "
+                           "AdamW (SPEC §9, Table 4, ImageNet-1K)", type="str", choices=("idc", "rded")),
+    "teacher": Key("resnet18", "rded: teacher, a torchvision model name; its IMAGENET1K_V1 weights come from "
+                               "torchvision's cache unless teacher_weights is set", type="str"),
+    "teacher_weights": Key(None, "rded: teacher state dict or checkpoint file (loaded weights_only)", type="str",
+                           null=True, path="file"),
+    "teacher_subset": Key(False, "rded: with a 1000-class teacher on a 10/100-class subset, use its logits of the "
+                                 "subset's classes in subset order (not from the paper)", type="bool"),
+    "temperature": Key(20.0, "rded: softmax temperature T of student and teacher in the KL loss", type="float",
+                       gt=0),
+    "factor": Key(2, "rded: ShufflePatches factor (strips per side); 1 = none", type="int", lo=1),
+    "crop_scale": Key(None, "rded: RandomResizedCrop area range [lo, hi]; None: [1/factor, 1] (D3HR: factor 1, "
+                            "[0.08, 1])", type="list", items="float", gt=0, hi=1, null=True),
+    "best_after": Key(None, "report the best test after this epoch (None: idc 0, rded 4/5 of epochs = 240 of 300; "
+                            "rded tests only after it)", type="int", lo=0, null=True),
+    "test_resize": Key(None, "test Resize before CenterCrop(image_size) (None: idc image_size, rded 256 at 224)",
+                       type="int", gt=0, null=True),
+    "val_cache": Key("auto", "folder for the decoded val set as a memory-mapped uint8 array, reused by every run "
+                             "(auto: <results>/../val_cache for rded, none for idc; none: decode each run)",
+                     type="str"),
+    "ckpt_every": Key(None, "save the run's state (weights, optimiser, RNGs, curve) every N epochs for an exact "
+                            "resume after a kill (None: every ~2 minutes; 0: only at the end)", type="int", lo=0, null=True),
+    "keep_weights": Key(False, "keep each finished run's final state (student weights) in <results>/state/",
+                        type="bool"),
+    "debug_kill_epoch": Key(0, "testing: SIGKILL this process right after the state of this epoch is written "
+                               "(0 = off)", type="int", lo=0),
 }
 
 
@@ -89,6 +123,9 @@ def check_config(cfg):
     if os.path.isdir(out) or (os.path.exists(folder) and not os.path.isdir(folder)):
         raise UserError(f"--results {cfg['results']}: {out} would be written there, but "
                         f"{out if os.path.isdir(out) else folder} is in the way; pass a folder or a .jsonl path")
+    scale = cfg["crop_scale"]
+    if scale is not None and not (len(scale) == 2 and scale[0] <= scale[1]):
+        raise UserError(f"--crop_scale must be two numbers 0 < lo <= hi <= 1 (e.g. 0.08,1), got {scale!r}")
     check_output(folder, "--results folder")
     check_device(cfg["device"])
     return cfg
@@ -97,7 +134,7 @@ def check_config(cfg):
 def main(argv=None):
     cfg = parse_config(CONFIG, argv, description=__doc__.splitlines()[0], prog="evaluate.py", section="evaluate")
     check_config(cfg)
-    from evaluation import run_evaluation  # torch: only after the config is known to be valid
+    from models.evaluation import run_evaluation  # torch: only after the config is known to be valid
     summary = run_evaluation(**cfg, config=dict(cfg))
     for arch, s in summary.items():
         if arch != "mmd":

@@ -19,7 +19,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.eval_data import decode_all  # noqa: E402
-from evaluation import DeviceTest, DeviceTrain, PilTrain, make_model, train_classifier  # noqa: E402
+from models.evaluation.common import DeviceTest, DeviceTrain, PilTrain, make_model  # noqa: E402
+from models.evaluation.idc import train_classifier  # noqa: E402
 from utils.io import run_info  # noqa: E402
 
 

@@ -125,6 +125,47 @@ def gpu_test_batch(images):
     return normalize(images.float().div_(255))
 
 
+#### RDED soft-label protocol (SPEC §9) #####################################################################
+
+def _strip_order(n, factor, length, generator, device):
+    """Per image, a source index for each of `length` positions after shuffling `factor` strips (the last strip
+    takes the remainder, as RDED) -> (n, length) int64."""
+    base = length // factor
+    sizes = torch.full((factor,), base, device=device)
+    sizes[-1] = length - base * (factor - 1)
+    starts = torch.cumsum(sizes, 0) - sizes  # (factor,) where each strip begins in the source
+    order = torch.argsort(_rand((n, factor), generator, device), dim=1)  # (n, factor) a random strip order
+    out_sizes = sizes[order]  # (n, factor)
+    out_ends = torch.cumsum(out_sizes, 1)  # (n, factor) where each placed strip ends in the output
+    pos = torch.arange(length, device=device).expand(n, length).contiguous()
+    slot = torch.searchsorted(out_ends, pos, right=True)  # (n, length) which placed strip holds each position
+    offset = pos - (out_ends - out_sizes).gather(1, slot)
+    return starts[order.gather(1, slot)] + offset
+
+
+def shuffle_patches(x, factor, generator=None):
+    """RDED's ShufflePatches per image: cut the width into `factor` strips and permute them at random, then the
+    same for the height (factor 2: swap the column halves or not, then the row halves or not)."""
+    if factor <= 1:
+        return x
+    b, c, hgt, wid = x.shape
+    cols = _strip_order(b, factor, wid, generator, x.device)  # (B, W)
+    x = x.gather(3, cols[:, None, None, :].expand(b, c, hgt, wid))
+    rows = _strip_order(b, factor, hgt, generator, x.device)  # (B, H)
+    return x.gather(2, rows[:, None, :, None].expand(b, c, hgt, wid))
+
+
+def rded_train_batch(images, size, factor, scale, generator=None):
+    """uint8 (B, 3, S0, S0) on the device -> ShufflePatches(factor) -> RandomResizedCrop(size, scale) -> flip ->
+    normalise, per image (SPEC §9). CutMix is per batch, after this."""
+    b = images.shape[0]
+    x = shuffle_patches(images.float().div_(255), factor, generator)
+    top, left, h, w = sample_crops(b, x.shape[2], x.shape[3], generator, x.device, scale=scale)
+    x = crop_resize(x, top, left, h, w, size)  # (B, 3, size, size)
+    flip = _rand((b,), generator, x.device) < 0.5
+    return normalize(torch.where(flip.view(b, 1, 1, 1), x.flip(3), x))
+
+
 #### CutMix (IDC: one box per batch, loss mixed by the pasted area) #########################################
 
 def cutmix_box(height, width, lam, cx, cy):
@@ -175,12 +216,30 @@ class PilTrainSet(torch.utils.data.Dataset):
         return normalize(lighting(color_jitter(x)))[0], self.labels[i]
 
 
-class PilTestSet(torch.utils.data.Dataset):
-    """Test transform: Resize -> CenterCrop -> ToTensor -> normalise."""
+class PilRdedTrainSet(torch.utils.data.Dataset):
+    """RDED's per-sample path: decode from disk every epoch, ToTensor -> ShufflePatches -> RandomResizedCrop ->
+    flip -> normalise (the random draws use the worker's torch RNG)."""
 
-    def __init__(self, paths, labels, size):
+    def __init__(self, paths, labels, size, factor, scale):
+        self.paths, self.labels, self.factor = paths, labels, factor
+        self.load = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
+        self.aug = T.Compose([T.RandomResizedCrop(size, scale=tuple(scale), ratio=CROP_RATIO, antialias=True),
+                              T.RandomHorizontalFlip()])
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        x = shuffle_patches(self.load(load_rgb(self.paths[i]))[None], self.factor)[0]  # (3, S, S) in [0, 1]
+        return normalize(self.aug(x)[None])[0], self.labels[i]
+
+
+class PilTestSet(torch.utils.data.Dataset):
+    """Test transform: Resize(resize, default size) -> CenterCrop(size) -> ToTensor -> normalise."""
+
+    def __init__(self, paths, labels, size, resize=None):
         self.paths, self.labels = paths, labels
-        self.tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
+        self.tf = T.Compose([T.Resize(resize or size), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
 
     def __len__(self):
         return len(self.paths)

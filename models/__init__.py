@@ -1,1 +1,2 @@
-"""DiT, Difffit, diffusion math, VAE helpers, the minimax criterion and the evaluation classifiers."""
+"""DiT, Difffit, diffusion math, VAE helpers, the minimax criterion, the evaluation classifiers, and the three engines
+(trainer, sampling, evaluation)."""

@@ -1,4 +1,5 @@
-"""Evaluation networks of the IDC protocol (SPEC §5): ConvNet-6, ResNetAP-10, ResNet-18, all with instance norm."""
+"""Evaluation networks: the IDC protocol's ConvNet-6, ResNetAP-10, ResNet-18 with instance norm (SPEC §5), and
+torchvision's unmodified ResNet-18 with BatchNorm, the RDED protocol's student (SPEC §9)."""
 import math
 
 import torch
@@ -28,8 +29,10 @@ def init_weights(model):
     return model
 
 
-def convnet_depth(image_size, max_depth=6, min_side=3):
-    """Pooling layers for a ConvNet: as many as keep the final map >= 3 px, at most 6 (224 -> 6, 32 -> 3, 28 -> 3)."""
+def convnet_depth(image_size, max_depth=6, min_side=1):
+    """Pooling layers of the ConvNet by default: the authors run `--depth 6` at every resolution (224 -> 3 px,
+    128 -> 2 px, 64 -> 1 px); below 64 px, where their network pools the map to nothing, as many as keep >= 1 px.
+    `min_side=3` gives the deepest net that keeps the final map >= 3 px (224 -> 6, 64 -> 4, 32 -> 3)."""
     depth = 0
     while depth < max_depth and (image_size >> (depth + 1)) >= min_side:
         depth += 1
@@ -86,13 +89,22 @@ class APBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def resnetap_stem(image_size):
+    """IDC's stem by resolution -> (kernel, pool): 7x7 + AvgPool4 above 128 px, 3x3 + AvgPool2 above 64 px up to
+    128 px, 3x3 without pooling up to 64 px."""
+    if image_size <= 64:
+        return 3, 1
+    return (3, 2) if image_size <= 128 else (7, 4)
+
+
 class ResNetAP(nn.Module):
-    """IDC's ResNetAP: stem Conv7x7 s1 -> IN -> ReLU -> AvgPool4, AP blocks, global average pool -> FC."""
+    """IDC's ResNetAP: stem Conv(7x7 or 3x3) s1 -> IN -> ReLU -> AvgPool, AP blocks, global average pool -> FC."""
 
     def __init__(self, num_classes, layers=(1, 1, 1, 1), widths=(64, 128, 256, 512), in_channels=3,
-                 stem_pool=4):
+                 stem_pool=4, stem_kernel=7):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 7, stride=1, padding=3, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], stem_kernel, stride=1, padding=stem_kernel // 2,
+                                            bias=False),
                                   instance_norm(widths[0]), nn.ReLU(inplace=True),
                                   nn.AvgPool2d(stem_pool, stem_pool) if stem_pool > 1 else nn.Identity())
         blocks, c = [], widths[0]
@@ -130,6 +142,19 @@ class ResNet18IN(ResNet):
         return self.fc(self.forward_features(x))
 
 
+class ResNet18BN(ResNet):
+    """torchvision's ResNet-18, unmodified (BatchNorm, torchvision's initialisation): RDED's student (SPEC §9)."""
+
+    def __init__(self, num_classes):
+        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.num_features = self.fc.in_features
+
+    forward_features = ResNet18IN.forward_features
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x))
+
+
 #### Registry ################################################################################################
 
 def _convnet(num_classes, image_size, depth=None, width=None):
@@ -137,27 +162,33 @@ def _convnet(num_classes, image_size, depth=None, width=None):
 
 
 def _resnetap10(num_classes, image_size, depth=None, width=None):
-    # below 64 px the 4x stem pool leaves < 2 px for the last stage, so small images skip it (IDC does the same
-    # for CIFAR-size inputs)
-    return ResNetAP(num_classes, stem_pool=4 if image_size >= 64 else 1)
+    kernel, pool = resnetap_stem(image_size)
+    return ResNetAP(num_classes, stem_pool=pool, stem_kernel=kernel)
 
 
 def _resnet18(num_classes, image_size, depth=None, width=None):
     return ResNet18IN(num_classes)
 
 
-CLASSIFIERS = {"convnet6": _convnet, "resnetap10": _resnetap10, "resnet18": _resnet18}
+def _resnet18_bn(num_classes, image_size, depth=None, width=None):
+    return ResNet18BN(num_classes)
+
+
+CLASSIFIERS = {"convnet6": _convnet, "resnetap10": _resnetap10, "resnet18": _resnet18, "resnet18_bn": _resnet18_bn}
+# under the RDED protocol 'resnet18' is torchvision's BatchNorm network (its student); 'resnet18_in' the IDC one
+RDED_ALIASES = {"resnet18": "resnet18_bn", "resnet18_in": "resnet18"}
 
 
 def build_classifier(name, num_classes, image_size=224, depth=None, width=None):
-    """A freshly initialised evaluation network. `depth` and `width` only apply to convnet6 (depth None: 6 at
-    >= 192 px, fewer for small images so the last map stays >= 3 px; width None: 128, narrower for quick CPU demos).
+    """A freshly initialised evaluation network. `depth` and `width` only apply to convnet6 (depth None: 6 as the
+    authors, fewer below 64 px; width None: 128, narrower for quick CPU demos).
     Every model has `forward_features(x) -> (N, num_features)`."""
     if name not in CLASSIFIERS:
         raise UserError(f"unknown arch '{name}'; choose from {', '.join(CLASSIFIERS)}")
     model = CLASSIFIERS[name](num_classes, image_size, depth=depth, width=width)
-    # the authors' (IDC's) ConvNet keeps PyTorch's default initialisation; their ResNets use N(0, sqrt(2/n))
-    return model if name == "convnet6" else init_weights(model)
+    # the authors' (IDC's) ConvNet keeps PyTorch's default initialisation; their ResNets use N(0, sqrt(2/n));
+    # torchvision's ResNet-18 keeps torchvision's own
+    return model if name in ("convnet6", "resnet18_bn") else init_weights(model)
 
 
 def count_params(model):

@@ -8,7 +8,7 @@ import torchvision
 from models.classifiers import CLASSIFIERS, build_classifier, convnet_depth, count_params
 from utils.errors import UserError
 
-SPEC_PARAMS = {"convnet6": 754_570, "resnetap10": 4_910_922, "resnet18": 11_181_642}
+SPEC_PARAMS = {"convnet6": 754_570, "resnetap10": 4_910_922, "resnet18": 11_181_642, "resnet18_bn": 11_181_642}
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
@@ -32,9 +32,13 @@ def test_shapes_100_classes_small_images(name, size):
 
 
 def test_convnet_depth_rule():
-    assert convnet_depth(224) == 6 and convnet_depth(256) == 6
-    assert convnet_depth(32) == 3 and convnet_depth(28) == 3 and convnet_depth(64) == 4
+    # the authors run depth 6 at every resolution down to 64 px (final map 3 / 2 / 1 px); below, the deepest net
+    # that keeps 1 px (their network would pool to nothing); min_side=3 is the former rule
+    assert [convnet_depth(s) for s in (256, 224, 128, 64, 32, 28, 16)] == [6, 6, 6, 6, 5, 4, 4]
+    assert [convnet_depth(s, min_side=3) for s in (224, 128, 64, 32, 28)] == [6, 5, 4, 3, 3]
     assert build_classifier("convnet6", 10, 224).fc.in_features == 128 * 3 * 3
+    assert build_classifier("convnet6", 10, 128).fc.in_features == 128 * 2 * 2
+    assert build_classifier("convnet6", 10, 64).fc.in_features == 128
     net = build_classifier("convnet6", 10, 32, depth=3)
     assert net.fc.in_features == 128 * 4 * 4 and len(net.features) == 3 * 4
     with pytest.raises(UserError):
@@ -58,7 +62,8 @@ def test_initialisation(name):
         if isinstance(m, torch.nn.GroupNorm):
             assert m.num_groups == m.num_channels and m.affine  # instance norm with affine
             assert (m.weight == 1).all() and (m.bias == 0).all()
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    if name != "resnet18_bn":  # the IDC networks use instance norm; the RDED student keeps BatchNorm
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
 def test_resnet18_is_torchvision_layout():
@@ -73,3 +78,23 @@ def test_same_seed_same_init():
     torch.manual_seed(3)
     b = build_classifier("resnetap10", 10, 32).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("size,kernel,pool,side", [(224, 7, 4, 7), (160, 7, 4, 5), (128, 3, 2, 8), (96, 3, 2, 6),
+                                                   (64, 3, 1, 8), (32, 3, 1, 4)])
+def test_resnetap_stem_by_resolution(size, kernel, pool, side):
+    """IDC's stem: 7x7 + AvgPool4 above 128 px, 3x3 + AvgPool2 in (64, 128], 3x3 and no pooling up to 64 px."""
+    model = build_classifier("resnetap10", 10, size)
+    conv = model.stem[0]
+    assert conv.kernel_size == (kernel, kernel) and conv.padding == (kernel // 2, kernel // 2)
+    assert (model.stem[3].kernel_size if pool > 1 else 1) == pool
+    with torch.no_grad():
+        assert model.layers(model.stem(torch.zeros(1, 3, size, size))).shape[-1] == side
+
+
+def test_resnet18_bn_is_torchvision():
+    """The RDED student: torchvision's ResNet-18, same state-dict keys and shapes, BatchNorm."""
+    ours = build_classifier("resnet18_bn", 1000)
+    ref = torchvision.models.resnet18()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert isinstance(ours.bn1, torch.nn.BatchNorm2d)

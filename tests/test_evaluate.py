@@ -13,18 +13,23 @@ from data.eval_augment import (PilTestSet, color_jitter, cutmix, cutmix_box, cut
 from data.eval_data import class_files, decode_all, flatten, numeric_order, take_first
 from data.eval_select import feature_mmd, herding, kcenter
 from data.subsets import get_subset
-from evaluation import epochs_for, milestones, optim_defaults
+from models.evaluation.idc import batch_size_for, epochs_for, milestones, optim_defaults
 from utils.errors import UserError
 
 
 #### protocol rules ##########################################################################################
 
 def test_epochs_table():
-    assert [epochs_for(i, 10) for i in (1, 10, 20, 50, 70, 100)] == [2000, 2000, 1500, 1500, 1000, 1000]
-    # 100 classes: x2/3 rounded down to a multiple of 100
-    assert [epochs_for(i, 100) for i in (10, 20, 50, 100)] == [1300, 1000, 1000, 600]
+    # the authors' ipc_epoch: IPC 1 -> 3000 epochs
+    assert [epochs_for(i, 10) for i in (1, 10, 20, 50, 70, 100)] == [3000, 2000, 1500, 1500, 1000, 1000]
+    # exactly 100 classes: x2/3 rounded down to a multiple of 100 (IPC 1: 2000); 1000 classes keep the table
+    assert [epochs_for(i, 100) for i in (1, 10, 20, 50, 100)] == [2000, 1300, 1000, 1000, 600]
+    assert [epochs_for(i, 1000) for i in (1, 10, 50)] == [3000, 2000, 1500]
+    assert [epochs_for(10, c) for c in (99, 101)] == [2000, 2000]
     assert optim_defaults(10) == (0.01, 5e-4) and optim_defaults(100) == (0.01, 5e-4)
     assert optim_defaults(1000) == (0.1, 1e-4)
+    # batch 64, 128 above 100 classes (the authors' max(128, batch_size))
+    assert [batch_size_for(c) for c in (10, 100, 1000)] == [64, 64, 128]
 
 
 @pytest.mark.parametrize("epochs", [1000, 1500, 2000, 6])

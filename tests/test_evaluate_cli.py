@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import evaluate
-from evaluation import run_evaluation
+from models.evaluation import run_evaluation
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
