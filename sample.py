@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from utils.config import parse_config  # noqa: E402
+from utils.config import Key, parse_config  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 DEFAULT_BASE = ("DiT-XL-2-256x256.pt", "facebook/DiT-XL-2-256")
@@ -23,6 +23,8 @@ CONFIG = {
     #### what to sample
     "subset": ("imagewoof", "registered subset (imagewoof, imagenette, imageidc, imagenet100, imagenet1k) or custom"),
     "phase": (None, "imagenet100: block of 20 classes (0-4) the checkpoint was fine-tuned on; null = all classes"),
+    "phase_size": Key(None, "classes per phase for --phase (as train_minimax.py's phase_size); null = the subset's "
+                            "own (imagenet100: 20)", type="int", null=True, lo=1),
     "class_file": (None, "custom subset: one class folder name (wnid) per line, in label order"),
     "train_dir": (None, "custom subset without class_file: the class names are its sorted sub-folders"),
     "ipc": (100, "images per class: files 0..ipc-1 (IPC-k of a larger set = its first k images)"),
@@ -106,7 +108,8 @@ def main(argv=None):
     cfg = parse_config(CONFIG, argv, description=__doc__.split("\n")[0], prog="sample.py", section="sample")
     cfg_channels = check_config(cfg)
     from data.subsets import resolve_subset
-    subset = resolve_subset(cfg["subset"], cfg["train_dir"], cfg["class_file"], cfg["phase"])
+    subset = resolve_subset(cfg["subset"], cfg["train_dir"], cfg["class_file"], cfg["phase"],
+                            cfg["phase_size"])
 
     import torch
     from models.diffusion import Diffusion

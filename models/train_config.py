@@ -1,5 +1,5 @@
 """Every key of train_minimax.py with its default (SPEC §2-3) and what it does; validation of a resolved config."""
-from utils.config import as_key, coerce, suggest
+from utils.config import Key, as_key, coerce, suggest
 from utils.errors import UserError
 
 # key -> (default, help). configs/train_default.yaml spells out the same defaults; configs/tiny.yaml is the
@@ -30,6 +30,9 @@ CONFIG = {
     #### data
     "subset": ("imagewoof", "registered subset (imagewoof, imagenette, imageidc, imagenet100, imagenet1k) or custom"),
     "phase": (None, "imagenet100: which block of 20 classes (0-4) this model fine-tunes; null = all"),
+    "phase_size": Key(None, "classes per phase for --phase (consecutive blocks of the class list, the last one "
+                            "holds the remainder); null = the subset's own (imagenet100: 20). imagenet1k: e.g. 100 "
+                            "-> phases 0-9", type="int", null=True, lo=1),
     "data_dir": ("", "train folder holding <wnid>/<image> (ImageNet's train dir or one with only the subset)"),
     "class_file": (None, "custom subset: one class folder name per line, in label order; null = sorted folders"),
     "image_size": (256, "training resolution (ADM centre crop); the latent side is image_size / VAE downsampling"),
@@ -37,6 +40,13 @@ CONFIG = {
     "latent_cache": (True, "encode every image and its mirror once and draw mean + std * eps per step; false = encode "
                            "with the VAE at every step (the authors')"),
     "cache_dir": ("cache/latents", "where latent caches live (one per dataset + VAE + transform, shared by runs)"),
+    "cache_fill": Key("eager", "latent cache: eager = encode every image and its mirror before step 1; lazy = "
+                               "encode an (image, flip) entry the first time a step draws it, then reuse it (never "
+                               "more VAE work than no cache; ImageNet-1K at 1-8 epochs)", choices=("eager", "lazy")),
+    "scan_cache": Key(False, "remember the train-dir listing (paths, sizes, mtimes) in <cache_dir>/scans/ and reuse it "
+                             "while every class folder's mtime is unchanged (ImageNet-1K: 1.28M files listed and "
+                             "stat-ed once); an image edited in place without a folder change is not seen: delete "
+                             "the scan file", type="bool"),
     "cache_dtype": ("float16", "latent cache storage: float16 (half the disk) | float32"),
     "cache_resident": (False, "copy the whole latent cache to the training device (ImageWoof ~0.4 GB in float16)"),
     "cache_batch_size": (32, "images per VAE batch while building the latent cache"),
@@ -72,7 +82,7 @@ CONFIG = {
 
 # keys that may differ when resuming (they change speed, logging or the end point, not the trajectory);
 # `base` may move as long as its sha256 matches.
-RESUME_MUTABLE = {"base", "data_dir", "latent_cache", "cache_dir", "cache_dtype", "cache_resident", "cache_batch_size",
+RESUME_MUTABLE = {"base", "data_dir", "latent_cache", "cache_fill", "scan_cache", "cache_dir", "cache_dtype", "cache_resident", "cache_batch_size",
                   "num_workers", "epochs", "max_steps", "device", "bf16", "tf32", "compile", "grad_checkpointing",
                   "run_dir", "resume", "auto_resume", "ckpt_every", "keep_every", "log_every", "progress",
                   "debug_nan_step", "debug_kill_step"}
@@ -80,6 +90,7 @@ RESUME_MUTABLE = {"base", "data_dir", "latent_cache", "cache_dir", "cache_dtype"
 CHOICES = {"mode": ("finetune", "base"), "tune": ("difffit", "bitfit", "full"), "rep": ("minimax", "mean", "off"),
            "div": ("minimax", "mean", "off"), "memory_sync": ("local", "global"),
            "memory_dtype": ("float32", "float16"), "cache_dtype": ("float16", "float32"),
+           "cache_fill": ("eager", "lazy"),
            "device": ("auto", "cpu", "cuda")}
 POSITIVE = ("batch_size", "epochs", "memory_size", "ckpt_every", "log_every", "image_size", "cache_batch_size")
 NON_NEGATIVE = ("max_steps", "keep_every", "num_workers", "num_classes", "debug_nan_step", "debug_kill_step",
