@@ -207,3 +207,18 @@ def test_rehearsal_1000_classes(tmp_path, monkeypatch):
         paths, labels = flatten(class_files(str(folder), wnids, "train"), wnids)
         assert len(paths) == 1000
         assert all(imagenet_wnids().index(os.path.basename(os.path.dirname(p))) == y for p, y in zip(paths, labels))
+
+
+def test_table4_reads_rded_runs_beside_the_published_rows(tmp_path):
+    from scripts.tables import make_tables
+    recs = [{"kind": "run", "subset": "imagenet1k", "method": "minimax", "arch": "resnet18", "ipc": 10, "seed": s,
+             "best": b, "last": b - 1, "protocol": "rded"} for s, b in ((0, 44.0), (1, 45.0))]
+    recs.append({"kind": "run", "subset": "imagenet1k", "method": "minimax", "arch": "resnet18", "ipc": 10,
+                 "seed": 2, "best": 10.0, "last": 9.0})  # an IDC-protocol run: not a Table 4 number
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    md, _ = make_tables([str(tmp_path)], tables=("4",))
+    row = next(ln for ln in md.splitlines() if ln.startswith("| imagenet1k | 10 | ResNet-18 |"))
+    cells = [c.strip() for c in row.split("|")[4:-1]]
+    # Random, SRe2L, RDED, DiT, Minimax, authors' images
+    assert cells == ["–", "– (21.3)", "– (42.0)", "– (39.6)", "44.5 ± 0.5 (44.3 ± 0.5, +0.2)", "–"]
+    assert "| imagenet1k | 50 | ResNet-18 |" in md and "ResNet-50" not in md
