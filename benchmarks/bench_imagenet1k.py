@@ -75,34 +75,54 @@ def bench_train(dev, steps_cuda):
         n = 1000 * per_class
         spe = n // 8
         total = epochs * spe if dev == "cpu" else steps_cuda
+        chunk = max(1, spe // 5) if dev == "cpu" else max(1, total // 4)
         common = dict(mode="finetune", base=os.path.join(root, "base.pt"), vae=os.path.join(root, "vae"),
                       image_size=size, subset="imagenet1k", data_dir=os.path.join(root, "train"), batch_size=8,
-                      epochs=epochs if dev == "cpu" else 100, max_steps=total, ckpt_every=10 ** 6, progress=False,
-                      device=dev, num_workers=0 if dev == "cpu" else 8, memory_dtype="float16",
-                      log_every=spe if dev == "cpu" else max(1, total // 2))
-        for arm in ("none", "lazy", "eager"):
-            cache_dir = os.path.join(root, f"cache-{arm}")
-            build = 0.0
-            t0 = time.perf_counter()
-            if arm == "eager":  # the up-front build, timed on its own
-                ds = SubsetImageFolder(common["data_dir"], get_subset("imagenet1k"), size, flip=False)
-                build_latent_cache(ds, load_vae(common["vae"], device=dev), cache_dir, device=dev, progress=False)
-                build = time.perf_counter() - t0
-            run_dir = os.path.join(root, f"run-{arm}")
-            train(dict(common, run_dir=run_dir, cache_dir=cache_dir, latent_cache=arm != "none",
-                       cache_fill="lazy" if arm == "lazy" else "eager"))
-            wall = time.perf_counter() - t0
-            recs = [json.loads(ln) for ln in open(os.path.join(run_dir, "log.jsonl"))]
-            rows.append({"latents": arm, "model": model_name, "image/latent": f"{size}/{latent}", "images": n,
-                         "steps": total, "build s": f"{build:.1f}",
-                         "window 1 steps/s": f"{recs[0]['steps_per_s']:.2f}",
-                         "window 2 steps/s": f"{recs[-1]['steps_per_s']:.2f}" if len(recs) > 1 else "",
-                         "total wall s": f"{wall:.1f}"})
-            print(rows[-1], flush=True)
+                      epochs=epochs if dev == "cpu" else 100, ckpt_every=chunk, progress=False, device=dev,
+                      num_workers=0 if dev == "cpu" else 8, memory_dtype="float16", log_every=chunk)
+        arms = ("none", "lazy", "eager")
+        build = {a: 0.0 for a in arms}
+        t0 = time.perf_counter()  # the eager arm's up-front build, timed on its own
+        ds = SubsetImageFolder(common["data_dir"], get_subset("imagenet1k"), size, flip=False)
+        build_latent_cache(ds, load_vae(common["vae"], device=dev), os.path.join(root, "cache-eager"), device=dev,
+                           progress=False)
+        build["eager"] = time.perf_counter() - t0
+        # the arms advance `chunk` steps at a time in alternating order (resuming exactly from their checkpoints),
+        # so a change of machine load hits every arm alike; each chunk's log window times its steps only
+        for c, stop in enumerate(range(chunk, total + 1, chunk)):
+            for arm in (arms if c % 2 == 0 else arms[::-1]):
+                train(dict(common, run_dir=os.path.join(root, f"run-{arm}"), max_steps=stop,
+                           cache_dir=os.path.join(root, f"cache-{arm}"), latent_cache=arm != "none",
+                           cache_fill="lazy" if arm == "lazy" else "eager"))
+        for arm in arms:
+            recs = [json.loads(ln) for ln in open(os.path.join(root, f"run-{arm}", "log.jsonl"))]
+            secs = {}  # epoch -> (steps, seconds)
+            prev = 0
+            for r in recs:
+                ep = (r["step"] - 1) // spe if dev == "cpu" else 0
+                k = r["step"] - prev
+                st, sc = secs.get(ep, (0, 0.0))
+                secs[ep] = (st + k, sc + k / r["steps_per_s"])
+                prev = r["step"]
+            rate = {ep: st / sc for ep, (st, sc) in secs.items()}
+            steps_s = sum(sc for _, sc in secs.values())
+            row = {"latents": arm, "model": model_name, "image/latent": f"{size}/{latent}", "images": n,
+                   "steps": total, "build s": f"{build[arm]:.1f}", "epoch 1 steps/s": f"{rate[0]:.2f}",
+                   "epoch 2 steps/s": f"{rate[1]:.2f}" if 1 in rate else "",
+                   "build + steps s": f"{build[arm] + steps_s:.1f}"}
+            if arm == "lazy":
+                lazy = [d for d in os.listdir(os.path.join(root, "cache-lazy")) if d.endswith("-lazy")][0]
+                filled = np.load(os.path.join(root, "cache-lazy", lazy, "filled.npy"))
+                row["VAE encodings"] = f"{int(filled.sum()):,}"
+            else:
+                row["VAE encodings"] = f"{total * 8:,}" if arm == "none" else f"{2 * n:,}"
+            rows.append(row)
+            print(row, flush=True)
     notes = (f"models.trainer.train at 1,000 classes (subset imagenet1k, all classes in one model), {dev}, random "
-             f"weights, batch 8, float16 memories. CPU: window 1 = epoch 1 (the lazy cache fills), window 2 = "
-             f"epoch 2 (all drawn entries of the lazy cache are hits only for the flips drawn before); 'total wall "
-             f"s' includes setup and, for eager, the build. {torch.get_num_threads()} thread(s), {note}.")
+             f"weights, batch 8, float16 memories; arms advanced {chunk} steps at a time in alternating order "
+             f"(exact resume), steps/s from the log windows (setup excluded). 'build + steps s' = the eager build "
+             f"plus the time of the steps. VAE encodings: image and mirror entries encoded (none: one per drawn "
+             f"image). {torch.get_num_threads()} thread(s), {note}.")
     return rows, notes
 
 
@@ -144,7 +164,8 @@ def bench_criterion(dev, iters=30):
         a = np.array(times[k]) * 1e3
         mem = 2 * crits[k].real.numel() * 2 / 2 ** 20
         rows.append({"classes": k, "memories (MiB, float16)": f"{mem:,.0f}",
-                     "losses + backward ms": f"{np.median(a[:, 0]):.2f}", "memory update ms": f"{np.median(a[:, 1]):.3f}",
+                     "losses + backward ms": f"{np.median(a[:, 0]):.2f}",
+                     "memory update ms": f"{np.median(a[:, 1]):.3f}",
                      "total ms": f"{np.median(a.sum(1)):.2f}"})
     notes = (f"MinimaxCriterion on {dev}: N_M 64, 4096-d, batch 8 of random classes, every memory full; median of "
              f"{iters} steps per arm, arms alternated. {torch.get_num_threads()} thread(s), {note}.")
@@ -216,7 +237,7 @@ def main(argv=None):
     p.add_argument("--parts", default="train,criterion,sample", help="comma-separated: train, criterion, sample")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--steps", type=int, default=200, help="cuda: fine-tuning steps per arm")
-    p.add_argument("--images", type=int, default=None, help="images per sampling arm (default 640 cpu, 1000 cuda)")
+    p.add_argument("--images", type=int, default=None, help="images per sampling arm (default 640 cpu, 512 cuda)")
     p.add_argument("--no_append", action="store_true", help="print only, do not append to RESULTS.md")
     args = p.parse_args(argv)
     if args.threads:
@@ -229,7 +250,7 @@ def main(argv=None):
         report("imagenet1k criterion", rows, list(rows[0]), notes=notes, append=not args.no_append)
         out["criterion"] = rows
     if "sample" in parts:
-        rows, notes = bench_sample(dev, args.images or (640 if dev == "cpu" else 1000))
+        rows, notes = bench_sample(dev, args.images or (640 if dev == "cpu" else 512))
         report("imagenet1k sample", rows, list(rows[0]), notes=notes, append=not args.no_append)
         out["sample"] = rows
     if "train" in parts:

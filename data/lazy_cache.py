@@ -11,10 +11,13 @@ Layout of `<cache_dir>/<key>-lazy/` (key = data/latent_cache.cache_key: items, V
   labels.npy     (N,) int64 subset-local labels
   mean.npy       (N, 2, C, h, w) posterior mean, UNSCALED; [:, 1] is the mirror (sparse file: unwritten rows
   std.npy        (N, 2, C, h, w) posterior std,  UNSCALED   take no disk)
-  filled.npy     (N, 2) uint8: 1 once the entry is stored (written last, after the rows are flushed)
-A kill between a row and its flag only costs re-encoding that entry. Under DDP every rank fills its own draws
-into the same memory-mapped files (one machine; several machines need a shared file system that honours
-mmap writes, else use the eager build).
+  filled.npy     (N, 2) uint8: 1 once the entry is stored
+Flags are written only by sync(): the rows are flushed to disk first, then the flags of those rows are set and
+flushed, so a flag never vouches for a row that is not on disk, even after a power loss. sync() runs every
+`sync_every` fills and at every training checkpoint (a synchronous flush every step cost 8-30 ms on the
+development machine's disk, as much as a whole GPU step); a kill loses at most the unsynced entries, which are
+encoded again when drawn. Under DDP every rank fills its own draws into the same memory-mapped files (one machine;
+several machines need a shared file system that honours mmap writes, else use the eager build).
 
 Identity with the eager cache: an entry is the encoder's (mean, std) of the same centre-cropped tensor (mirrored
 as a tensor, as the eager build does), encoded in fixed-size padded batches so it does not depend on which
@@ -74,7 +77,7 @@ class LazyLatentCache:
     workers: threads decoding the missing images of a step (PIL releases the GIL while decoding).
     """
 
-    def __init__(self, path, dataset, vae, device="cpu", encode_batch=8, workers=4):
+    def __init__(self, path, dataset, vae, device="cpu", encode_batch=8, workers=4, sync_every=64):
         if not os.path.isfile(os.path.join(path, "filled.npy")):
             raise UserError(f"no lazy latent cache at {path}; create it with create_lazy_cache first")
         import json
@@ -93,6 +96,7 @@ class LazyLatentCache:
         self.std = np.load(os.path.join(path, "std.npy"), mmap_mode="r+")
         self.filled = np.load(os.path.join(path, "filled.npy"), mmap_mode="r+")  # (N, 2) uint8
         self.encoded = 0  # entries this process encoded (benchmarks, tests)
+        self.pending, self.sync_every, self.fills = set(), max(1, int(sync_every)), 0  # stored, not yet flagged
 
     def __len__(self):
         return len(self.labels)
@@ -105,7 +109,7 @@ class LazyLatentCache:
         """Encode and store the (index, flip) entries that are not stored yet; returns how many were encoded."""
         idx = torch.as_tensor(indices).long().reshape(-1).tolist()
         fl = torch.as_tensor(flips).long().reshape(-1).tolist()
-        todo = sorted({(i, f) for i, f in zip(idx, fl) if not self.filled[i, f]})
+        todo = sorted({(i, f) for i, f in zip(idx, fl) if not self.filled[i, f] and (i, f) not in self.pending})
         if not todo:
             return 0
         with ThreadPoolExecutor(min(self.workers, len(todo))) as pool:
@@ -128,12 +132,26 @@ class LazyLatentCache:
         rows, cols = np.array([i for i, _ in todo]), np.array([f for _, f in todo])
         self.mean[rows, cols] = mean
         self.std[rows, cols] = std
-        self.mean.flush()
-        self.std.flush()  # the rows are on disk before the flags that vouch for them
-        self.filled[rows, cols] = 1
-        self.filled.flush()
+        self.pending.update(todo)
         self.encoded += len(todo)
+        self.fills += 1
+        if self.fills % self.sync_every == 0:
+            self.sync()
         return len(todo)
+
+    def sync(self):
+        """Flush the stored rows to disk, then set and flush their flags (never the other order)."""
+        if not self.pending:
+            return
+        self.mean.flush()
+        self.std.flush()
+        rows, cols = zip(*sorted(self.pending))
+        self.filled[np.array(rows), np.array(cols)] = 1
+        self.filled.flush()
+        self.pending.clear()
+
+    def is_stored(self, i, f):
+        return bool(self.filled[i, f]) or (i, f) in self.pending
 
     def vae_device(self):
         model = getattr(self.vae, "model", None)

@@ -447,6 +447,8 @@ def _train(cfg, info):
     last_saved = resume_path if ckpt else None
 
     def save(at_step):
+        if hasattr(cache, "sync"):  # a lazy cache flags its new entries on disk with every checkpoint
+            cache.sync()
         rng = gather_to_main(get_rng_state(gens, device), info)
         crits = gather_to_main(crit.state_dict(), info) if crit is not None else []
         if info.is_main:

@@ -37,6 +37,8 @@ def test_lazy_entries_equal_eager_per_item(caches):
     lazy.fill([i for i, _ in order], [f for _, f in order])
     rest = [(i, f) for i in range(12) for f in (0, 1) if (i, f) not in order]
     lazy.fill([i for i, _ in rest], [f for _, f in rest])
+    assert not np.asarray(lazy.filled).any() and lazy.is_stored(11, 1)  # stored, flagged at the next sync
+    lazy.sync()
     assert np.asarray(lazy.filled).all() and lazy.encoded == 24
     assert np.array_equal(np.asarray(lazy.mean), np.asarray(eager.mean))  # identical per-item statistics
     assert np.array_equal(np.asarray(lazy.std), np.asarray(eager.std))
@@ -58,6 +60,7 @@ def test_lazy_draws_equal_eager_draws_and_encode_only_drawn(caches, tmp_path):
         assert torch.equal(za, zb) and torch.equal(ya, yb)  # bit-identical latents, same generator use
         drawn |= set(zip(idx, flips))
         assert lazy.encoded == len(drawn)  # each (image, flip) entry encoded once, on first draw
+    lazy.sync()
     assert int(np.asarray(lazy.filled).sum()) == len(drawn) < 24
     # a new process reopens the files: stored entries are read, not encoded again
     again = LazyLatentCache(lazy.path, ds, FakeVAE())
@@ -70,6 +73,7 @@ def test_lazy_create_is_idempotent_and_shape_checked(caches, tmp_path):
     path = create_lazy_cache(ds, FakeVAE(), str(tmp_path), "float32")
     lazy = LazyLatentCache(path, ds, FakeVAE())
     lazy.fill([3], [1])
+    lazy.sync()
     assert create_lazy_cache(ds, FakeVAE(), str(tmp_path), "float32") == path  # kept, not recreated
     assert LazyLatentCache(path, ds, FakeVAE()).filled[3, 1] == 1
     assert os.path.basename(path) == cache_key(ds, FakeVAE(), "float32") + "-lazy"
