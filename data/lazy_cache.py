@@ -73,11 +73,13 @@ def create_lazy_cache(dataset, vae, cache_dir, dtype="float16"):
 class LazyLatentCache:
     """Draws like data/latent_cache.LatentCache; missing entries are encoded with `vae` from `dataset` first.
 
-    encode_batch: images per VAE call, padded to that many so an entry never depends on its batch mates.
+    encode_batch: images per VAE call, padded to that many so an entry never depends on its batch mates. Small
+    (default 2): in epoch 2 about half of a step's entries are missing, and padding them up to the whole batch
+    would encode as much as no cache at all.
     workers: threads decoding the missing images of a step (PIL releases the GIL while decoding).
     """
 
-    def __init__(self, path, dataset, vae, device="cpu", encode_batch=8, workers=4, sync_every=64):
+    def __init__(self, path, dataset, vae, device="cpu", encode_batch=2, workers=4, sync_every=64):
         if not os.path.isfile(os.path.join(path, "filled.npy")):
             raise UserError(f"no lazy latent cache at {path}; create it with create_lazy_cache first")
         import json
@@ -97,6 +99,7 @@ class LazyLatentCache:
         self.filled = np.load(os.path.join(path, "filled.npy"), mmap_mode="r+")  # (N, 2) uint8
         self.encoded = 0  # entries this process encoded (benchmarks, tests)
         self.pending, self.sync_every, self.fills = set(), max(1, int(sync_every)), 0  # stored, not yet flagged
+        self._pool = None  # decoding threads, made on first use
 
     def __len__(self):
         return len(self.labels)
@@ -112,8 +115,9 @@ class LazyLatentCache:
         todo = sorted({(i, f) for i, f in zip(idx, fl) if not self.filled[i, f] and (i, f) not in self.pending})
         if not todo:
             return 0
-        with ThreadPoolExecutor(min(self.workers, len(todo))) as pool:
-            images = list(pool.map(lambda e: self.dataset.load(e[0], flip=False), todo))  # (3, S, S) each
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers)
+        images = list(self._pool.map(lambda e: self.dataset.load(e[0], flip=False), todo))  # (3, S, S) each
         x = torch.stack([hflip(im) if f else im for im, (_, f) in zip(images, todo)])  # (k, 3, S, S)
         m = self.encode_batch
         means, stds = [], []

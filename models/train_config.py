@@ -43,6 +43,9 @@ CONFIG = {
     "cache_fill": Key("eager", "latent cache: eager = encode every image and its mirror before step 1; lazy = "
                                "encode an (image, flip) entry the first time a step draws it, then reuse it (never "
                                "more VAE work than no cache; ImageNet-1K at 1-8 epochs)", choices=("eager", "lazy")),
+    "cache_fill_batch": Key(2, "lazy latent cache: images per VAE call when filling (padded to this many, so an entry "
+                               "does not depend on its batch mates); small, so a step with few missing entries encodes "
+                               "few", type="int", lo=1),
     "scan_cache": Key(False, "remember the train-dir listing (paths, sizes, mtimes) in <cache_dir>/scans/ and reuse it "
                              "while every class folder's mtime is unchanged (ImageNet-1K: 1.28M files listed and "
                              "stat-ed once); an image edited in place without a folder change is not seen: delete "
@@ -83,7 +86,7 @@ CONFIG = {
 # keys that may differ when resuming (they change speed, logging or the end point, not the trajectory);
 # `base` may move as long as its sha256 matches.
 RESUME_MUTABLE = {"base", "data_dir", "latent_cache", "cache_dir", "cache_dtype", "cache_resident", "cache_batch_size",
-                  "cache_fill", "scan_cache", "num_workers", "epochs", "max_steps", "device", "bf16", "tf32", "compile", "grad_checkpointing",
+                  "cache_fill", "cache_fill_batch", "scan_cache", "num_workers", "epochs", "max_steps", "device", "bf16", "tf32", "compile", "grad_checkpointing",
                   "run_dir", "resume", "auto_resume", "ckpt_every", "keep_every", "log_every", "progress",
                   "debug_nan_step", "debug_kill_step"}
 
@@ -92,7 +95,8 @@ CHOICES = {"mode": ("finetune", "base"), "tune": ("difffit", "bitfit", "full"), 
            "memory_dtype": ("float32", "float16"), "cache_dtype": ("float16", "float32"),
            "cache_fill": ("eager", "lazy"),
            "device": ("auto", "cpu", "cuda")}
-POSITIVE = ("batch_size", "epochs", "memory_size", "ckpt_every", "log_every", "image_size", "cache_batch_size")
+POSITIVE = ("batch_size", "epochs", "memory_size", "ckpt_every", "log_every", "image_size", "cache_batch_size",
+            "cache_fill_batch")
 NON_NEGATIVE = ("max_steps", "keep_every", "num_workers", "num_classes", "debug_nan_step", "debug_kill_step",
                 "weight_decay", "lambda_r", "lambda_d")
 

@@ -240,7 +240,7 @@ def open_latent_cache(dataset, vae, cfg, info):
             create_lazy_cache(dataset, vae, cfg["cache_dir"], cfg["cache_dtype"])
         barrier()
         return LazyLatentCache(lazy_cache_path(cfg["cache_dir"], dataset, vae, cfg["cache_dtype"]), dataset, vae,
-                               device="cpu", encode_batch=cfg["batch_size"] // info.world_size,
+                               device="cpu", encode_batch=cfg["cache_fill_batch"],
                                workers=max(1, cfg["num_workers"]))
     if info.is_main:
         build_latent_cache(dataset, vae, cfg["cache_dir"], batch_size=cfg["cache_batch_size"],
