@@ -67,6 +67,17 @@ def method_of(rec):
     return os.path.basename(os.path.normpath(str(rec.get("train", ""))))
 
 
+def protocol_of(rec):
+    """The evaluation protocol of a run record: its `protocol` name ("rded"), the `name` inside a protocol dict,
+    else "idc" (IDC records store their hyper-parameters as the protocol dict)."""
+    p = rec.get("protocol")
+    if isinstance(p, str):
+        return p
+    if isinstance(p, dict) and isinstance(p.get("name"), str):
+        return p["name"]
+    return "idc"
+
+
 def load_runs(files, protocol=None):
     """{(subset, method, arch, ipc): {seed: (best, last)}}; a rerun of the same seed keeps the latest record.
     protocol: only runs of that evaluation protocol (records without the field are IDC runs); None = all."""
@@ -80,7 +91,7 @@ def load_runs(files, protocol=None):
                     continue  # a torn last line of an interrupted run
                 if rec.get("kind") != "run":
                     continue
-                if protocol is not None and rec.get("protocol", "idc") != protocol:
+                if protocol is not None and protocol_of(rec) != protocol:
                     continue
                 ipc = "full" if rec.get("select") == "full" or rec.get("ipc") in (None, "full") else int(rec["ipc"])
                 key = (rec.get("subset"), method_of(rec), rec.get("arch"), ipc)

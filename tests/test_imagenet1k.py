@@ -213,8 +213,9 @@ def test_table4_reads_rded_runs_beside_the_published_rows(tmp_path):
     from scripts.tables import make_tables
     recs = [{"kind": "run", "subset": "imagenet1k", "method": "minimax", "arch": "resnet18", "ipc": 10, "seed": s,
              "best": b, "last": b - 1, "protocol": "rded"} for s, b in ((0, 44.0), (1, 45.0))]
+    recs[1]["protocol"] = {"name": "rded", "epochs": 300}  # the name inside a protocol dict counts too
     recs.append({"kind": "run", "subset": "imagenet1k", "method": "minimax", "arch": "resnet18", "ipc": 10,
-                 "seed": 2, "best": 10.0, "last": 9.0})  # an IDC-protocol run: not a Table 4 number
+                 "seed": 2, "best": 10.0, "last": 9.0, "protocol": {"epochs": 1000}})  # IDC: not a Table 4 number
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     md, _ = make_tables([str(tmp_path)], tables=("4",))
     row = next(ln for ln in md.splitlines() if ln.startswith("| imagenet1k | 10 | ResNet-18 |"))
