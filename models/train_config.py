@@ -86,7 +86,8 @@ CONFIG = {
 # keys that may differ when resuming (they change speed, logging or the end point, not the trajectory);
 # `base` may move as long as its sha256 matches.
 RESUME_MUTABLE = {"base", "data_dir", "latent_cache", "cache_dir", "cache_dtype", "cache_resident", "cache_batch_size",
-                  "cache_fill", "cache_fill_batch", "scan_cache", "num_workers", "epochs", "max_steps", "device", "bf16", "tf32", "compile", "grad_checkpointing",
+                  "num_workers", "epochs", "max_steps", "device", "bf16", "tf32", "compile", "grad_checkpointing",
+                  "cache_fill", "cache_fill_batch", "scan_cache",
                   "run_dir", "resume", "auto_resume", "ckpt_every", "keep_every", "log_every", "progress",
                   "debug_nan_step", "debug_kill_step"}
 
