@@ -24,10 +24,12 @@ CONFIG = {
                   help="class list: imagewoof, imagenette, imageidc, imagenet100, ... or custom (train dir's "
                        "folders)"),
     "arch": Key(None, type="list", items="str", null=True,
-                choices=("convnet6", "resnetap10", "resnet18", "resnet18_bn", "resnet18_in", "none"),
-                help="comma list of convnet6, resnetap10, resnet18, resnet18_bn ('none': only MMD); None: resnetap10 "
-                     "(idc), resnet18 (rded, where it is torchvision's BatchNorm ResNet-18 and resnet18_in the IDC "
-                     "one)"),
+                choices=("convnet6", "resnetap10", "resnet18", "resnet18_bn", "resnet50_bn", "resnet101_bn",
+                         "resnet18_in", "resnet50", "resnet101", "none"),
+                help="comma list of convnet6, resnetap10, resnet18 (IDC: instance norm), resnet18_bn / resnet50_bn / "
+                     "resnet101_bn (torchvision, BatchNorm) ('none': only MMD); None: resnetap10 (idc), resnet18 "
+                     "(rded, where resnet18 / resnet50 / resnet101 are torchvision's BatchNorm networks and "
+                     "resnet18_in the IDC one)"),
     "ipc": Key(None, type="int", lo=1, null=True,
                help="images per class: files 0..K-1 in numeric order (None: all); pick size for --select"),
     "select": Key("none", choices=("none", "random", "herding", "kcenter", "full"),
@@ -64,7 +66,8 @@ CONFIG = {
                         "name>/results.jsonl)"),
     "mmd_real": Key(None, type="str", path="dir", null=True,
                     help="real train dir: also report the feature MMD of --train to it (paper Table 2)"),
-    "feature_arch": Key("resnetap10", choices=("convnet6", "resnetap10", "resnet18", "resnet18_bn"),
+    "feature_arch": Key("resnetap10", choices=("convnet6", "resnetap10", "resnet18", "resnet18_bn", "resnet50_bn",
+                                               "resnet101_bn"),
                         help="network trained on the full real set for herding / k-center / MMD features"),
     "feature_epochs": Key(None, type="int", lo=1, null=True,
                           help="epochs for that network (None: the IPC rule for the full set)"),

@@ -30,6 +30,8 @@ CONFIG = {
                   help="registered subset (imagewoof, imagenette, imageidc, imagenet100, imagenet1k) or custom"),
     "phase": Key(None, type="int", lo=0, null=True,
                  help="imagenet100: block of 20 classes (0-4) the checkpoint was fine-tuned on; null = all classes"),
+    "phase_size": Key(None, "classes per phase for --phase (as train_minimax.py's phase_size); null = the subset's "
+                            "own (imagenet100: 20)", type="int", null=True, lo=1),
     "class_file": Key(None, type="str", path="file", null=True,
                       help="custom subset: one class folder name (wnid) per line, in label order"),
     "train_dir": Key(None, type="str", path="dir", null=True,
@@ -138,7 +140,8 @@ def main(argv=None):
     cfg = parse_config(CONFIG, argv, description=__doc__.split("\n")[0], prog="sample.py", section="sample")
     cfg_channels = check_config(cfg)
     from data.subsets import resolve_subset
-    subset = resolve_subset(cfg["subset"], cfg["train_dir"], cfg["class_file"], cfg["phase"])
+    subset = resolve_subset(cfg["subset"], cfg["train_dir"], cfg["class_file"], cfg["phase"],
+                             cfg["phase_size"])
     train_data = None
     if cfg["guidance"] == "mode":  # listed now: a wrong train dir fails before anything is loaded
         from data.folder import SubsetImageFolder

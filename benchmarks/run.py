@@ -9,7 +9,7 @@ sys.path.insert(0, ROOT)
 
 from utils.errors import UserError, run_cli  # noqa: E402
 
-STAGES = ("dit", "train", "sample", "evaluate", "evaluate_rded", "latent_cache")
+STAGES = ("dit", "train", "sample", "evaluate", "evaluate_rded", "latent_cache", "imagenet1k")
 
 
 def main(argv=None):

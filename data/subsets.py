@@ -67,8 +67,31 @@ def subset_names():
     return sorted(SUBSETS)
 
 
-def get_subset(name, phase=None):
-    """A registered subset; `phase` selects one block of classes (ImageNet-100: phases 0-4 of 20)."""
+def phase_size_of(name, phase_size=None):
+    """Classes per fine-tuning phase: `phase_size` if given, else the subset's registered one (None = no phases)."""
+    if name not in SUBSETS:
+        return phase_size
+    return phase_size if phase_size else SUBSETS[name][2]
+
+
+def num_phases(num_classes, phase_size):
+    """Phases of `phase_size` classes covering `num_classes` (the last one may be smaller)."""
+    return -(-int(num_classes) // int(phase_size))
+
+
+def phase_slice(wnids, phase, phase_size):
+    """Classes of phase `phase`: the consecutive block [phase * k, (phase + 1) * k) of the class list, so the phases
+    partition the classes exactly (disjoint, union = all, the last block holds the remainder)."""
+    n = num_phases(len(wnids), phase_size)
+    if not 0 <= phase < n:
+        raise UserError(f"phase {phase} out of range for {len(wnids)} classes in phases of {phase_size}; "
+                        f"use 0..{n - 1}")
+    return wnids[phase * phase_size:(phase + 1) * phase_size]
+
+
+def get_subset(name, phase=None, phase_size=None):
+    """A registered subset; `phase` selects one block of classes (ImageNet-100: phases 0-4 of 20; any subset with
+    `phase_size` k: phases 0..ceil(K/k)-1 of k consecutive classes)."""
     if name not in SUBSETS:
         raise UserError(f"unknown subset '{name}'; choose one of {', '.join(subset_names())} "
                         f"or 'custom' with a train dir")
@@ -76,15 +99,14 @@ def get_subset(name, phase=None):
     wnids = read_list(os.path.join(CLASS_DIR, fname))
     if head is not None:
         wnids = wnids[:head]
+    if phase_size is not None and int(phase_size) < 1:
+        raise UserError(f"phase_size must be >= 1 (got {phase_size}); null = the subset's own phases")
+    per_phase = int(phase_size) if phase_size else per_phase
     if phase is not None and phase != "all":
         if per_phase is None:
-            raise UserError(f"subset '{name}' has no phases; drop the phase option")
-        n = len(wnids) // per_phase
-        phase = int(phase)
-        if not 0 <= phase < n:
-            raise UserError(f"phase {phase} out of range for '{name}'; use 0..{n - 1}")
-        wnids = wnids[phase * per_phase:(phase + 1) * per_phase]
-        name = f"{name}-p{phase}"
+            raise UserError(f"subset '{name}' has no phases; drop the phase option or set phase_size")
+        wnids = phase_slice(wnids, int(phase), per_phase)
+        name = f"{name}-p{int(phase)}"
     return Subset(name, wnids)
 
 
@@ -108,13 +130,18 @@ def custom_subset(train_dir, class_file=None, name="custom"):
     return Subset(name, wnids)
 
 
-def resolve_subset(name, train_dir=None, class_file=None, phase=None):
+def resolve_subset(name, train_dir=None, class_file=None, phase=None, phase_size=None):
     """A registered subset by name, or 'custom' (classes from the train dir or a class-list file)."""
     if name == "custom":
         if not train_dir and not class_file:
             raise UserError("subset 'custom' needs a train dir (or a class_file)")
-        return custom_subset(train_dir, class_file)
-    return get_subset(name, phase)
+        sub = custom_subset(train_dir, class_file)
+        if phase is not None and phase != "all":
+            if not phase_size:
+                raise UserError("a phase of subset 'custom' needs phase_size (classes per phase)")
+            sub = Subset(f"custom-p{int(phase)}", phase_slice(sub.wnids, int(phase), int(phase_size)))
+        return sub
+    return get_subset(name, phase, phase_size)
 
 
 def list_images(folder):
@@ -131,6 +158,8 @@ def check_class_folders(root, subset, min_images=1):
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
         raise UserError(f"{len(missing)} class folder(s) of subset '{subset.name}' missing in {root}: "
                         f"{', '.join(missing[:5])}{more}; point the data dir at ImageNet's train (or val) folder")
+    if min_images <= 0:  # the caller counts the images itself (a remembered scan)
+        return
     empty = [w for w in subset.wnids if len(list_images(os.path.join(root, w))) < min_images]
     if empty:
         raise UserError(f"class folder(s) with fewer than {min_images} image(s) in {root}: {', '.join(empty[:5])}")

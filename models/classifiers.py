@@ -1,11 +1,11 @@
 """Evaluation networks: the IDC protocol's ConvNet-6, ResNetAP-10, ResNet-18 with instance norm (SPEC §5), and
-torchvision's unmodified ResNet-18 with BatchNorm, the RDED protocol's student (SPEC §9)."""
+torchvision's unmodified ResNet-18 / 50 / 101 with BatchNorm, the RDED protocol's students (SPEC §9)."""
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.resnet import ResNet, BasicBlock
+from torchvision.models.resnet import ResNet, BasicBlock, Bottleneck
 
 from utils.errors import UserError
 
@@ -143,10 +143,11 @@ class ResNet18IN(ResNet):
 
 
 class ResNet18BN(ResNet):
-    """torchvision's ResNet-18, unmodified (BatchNorm, torchvision's initialisation): RDED's student (SPEC §9)."""
+    """torchvision's ResNet-18, unmodified (BatchNorm, torchvision's initialisation): RDED's student (SPEC §9).
+    `block`/`layers` give its larger students ResNet-50 / 101 (Bottleneck, [3, 4, 6, 3] / [3, 4, 23, 3])."""
 
-    def __init__(self, num_classes):
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    def __init__(self, num_classes, block=BasicBlock, layers=(2, 2, 2, 2)):
+        super().__init__(block, list(layers), num_classes=num_classes)
         self.num_features = self.fc.in_features
 
     forward_features = ResNet18IN.forward_features
@@ -174,9 +175,21 @@ def _resnet18_bn(num_classes, image_size, depth=None, width=None):
     return ResNet18BN(num_classes)
 
 
-CLASSIFIERS = {"convnet6": _convnet, "resnetap10": _resnetap10, "resnet18": _resnet18, "resnet18_bn": _resnet18_bn}
-# under the RDED protocol 'resnet18' is torchvision's BatchNorm network (its student); 'resnet18_in' the IDC one
-RDED_ALIASES = {"resnet18": "resnet18_bn", "resnet18_in": "resnet18"}
+def _resnet50_bn(num_classes, image_size, depth=None, width=None):
+    return ResNet18BN(num_classes, Bottleneck, (3, 4, 6, 3))
+
+
+def _resnet101_bn(num_classes, image_size, depth=None, width=None):
+    return ResNet18BN(num_classes, Bottleneck, (3, 4, 23, 3))
+
+
+CLASSIFIERS = {"convnet6": _convnet, "resnetap10": _resnetap10, "resnet18": _resnet18, "resnet18_bn": _resnet18_bn,
+               "resnet50_bn": _resnet50_bn, "resnet101_bn": _resnet101_bn}
+TORCHVISION = ("resnet18_bn", "resnet50_bn", "resnet101_bn")  # keep torchvision's own initialisation
+# under the RDED protocol 'resnet18' / 'resnet50' / 'resnet101' are torchvision's BatchNorm networks (its students);
+# 'resnet18_in' is the IDC one
+RDED_ALIASES = {"resnet18": "resnet18_bn", "resnet50": "resnet50_bn", "resnet101": "resnet101_bn",
+                "resnet18_in": "resnet18"}
 
 
 def build_classifier(name, num_classes, image_size=224, depth=None, width=None):
@@ -188,7 +201,7 @@ def build_classifier(name, num_classes, image_size=224, depth=None, width=None):
     model = CLASSIFIERS[name](num_classes, image_size, depth=depth, width=width)
     # the authors' (IDC's) ConvNet keeps PyTorch's default initialisation; their ResNets use N(0, sqrt(2/n));
     # torchvision's ResNet-18 keeps torchvision's own
-    return model if name in ("convnet6", "resnet18_bn") else init_weights(model)
+    return model if name == "convnet6" or name in TORCHVISION else init_weights(model)
 
 
 def count_params(model):

@@ -129,18 +129,22 @@ class MinimaxCriterion:
         pred = pred_x0.detach().reshape(pred_x0.shape[0], -1)  # (B, D)
         if not lab.numel():
             return
-        onehot = torch.nn.functional.one_hot(lab, self.num_classes)  # (B, K)
-        rank = onehot.cumsum(0)[torch.arange(lab.numel()), lab] - 1  # (B,) position within its class, batch order
-        added = onehot.sum(0)  # (K,)
+        # O(batch), not O(classes): only the classes present are touched (ImageNet-1K: K = 1000 >> B = 8)
+        classes, inverse, counts = torch.unique(lab, return_inverse=True, return_counts=True)  # (U,), (B,), (U,)
+        order = torch.sort(inverse, stable=True).indices  # (B,) grouped by class, batch order inside a group
+        starts = counts.cumsum(0) - counts  # (U,) first sorted position of each class
+        rank = torch.empty_like(lab)
+        rank[order] = torch.arange(lab.numel()) - starts[inverse[order]]  # (B,) position within its class
+        added = counts[inverse]  # (B,) entries its class adds in this batch
         # a class with more than N_M new entries keeps only its last N_M: their slots are then all distinct
-        keep = rank >= added[lab] - self.capacity  # (B,)
+        keep = rank >= added - self.capacity  # (B,)
         slot = (self.ptr[lab] + rank) % self.capacity  # (B,)
         rows, cols = lab[keep].to(self.device), slot[keep].to(self.device)
         idx = keep.nonzero().squeeze(1).to(real.device)
         self.real[rows, cols] = real[idx].to(self.device, self.dtype)
         self.pred[rows, cols] = pred[idx].to(self.device, self.dtype)
-        self.ptr = (self.ptr + added) % self.capacity
-        self.count = torch.clamp(self.count + added, max=self.capacity)
+        self.ptr[classes] = (self.ptr[classes] + counts) % self.capacity
+        self.count[classes] = torch.clamp(self.count[classes] + counts, max=self.capacity)
 
     def __call__(self, pred_x0, real_x0, labels, update=True):
         """Weighted (L_r, L_d), then (by default) the memory update, so the batch never sees itself."""

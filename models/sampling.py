@@ -90,8 +90,9 @@ def check_subset(meta, subset, source):
     missing = [w for w in subset.wnids if w not in trained]
     if missing:
         name = meta["subset"].get("name", "?")
-        m = re.match(r"^(.*)-p(\d+)$", name)  # a phase of ImageNet-100: imagenet100-p0
-        hint = f"--subset {m.group(1)} --phase {m.group(2)}" if m else f"--subset {name}"
+        m = re.match(r"^(.*)-p(\d+)$", name)  # a phase: imagenet100-p0, imagenet1k-p3 (with its phase_size)
+        size = f" --phase_size {len(trained)}" if m and m.group(1) != "imagenet100" else ""
+        hint = f"--subset {m.group(1)} --phase {m.group(2)}{size}" if m else f"--subset {name}"
         raise UserError(f"checkpoint {source} was fine-tuned on subset '{name}' ({len(trained)} classes) but subset "
                         f"'{subset.name}' asks for {len(missing)} other class(es) ({', '.join(missing[:3])}); "
                         f"pass {hint} or a checkpoint fine-tuned on '{subset.name}'")

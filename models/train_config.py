@@ -47,6 +47,9 @@ CONFIG = {
                   help="registered subset (imagewoof, imagenette, imageidc, imagenet100, imagenet1k) or custom"),
     "phase": Key(None, type="int", lo=0, null=True,
                  help="imagenet100: which block of 20 classes (0-4) this model fine-tunes; null = all"),
+    "phase_size": Key(None, "classes per phase for --phase (consecutive blocks of the class list, the last one "
+                            "holds the remainder); null = the subset's own (imagenet100: 20). imagenet1k: e.g. 100 "
+                            "-> phases 0-9", type="int", null=True, lo=1),
     "data_dir": Key("", path="dir", required=True,
                     help="train folder holding <wnid>/<image> (ImageNet's train dir or one with only the subset)"),
     "class_file": Key(None, type="str", path="file", null=True,
@@ -61,6 +64,16 @@ CONFIG = {
                              "encode with the VAE at every step (the authors')"),
     "cache_dir": Key("cache/latents", path="out_dir",
                      help="where latent caches live (one per dataset + VAE + transform, shared by runs)"),
+    "cache_fill": Key("eager", "latent cache: eager = encode every image and its mirror before step 1; lazy = "
+                               "encode an (image, flip) entry the first time a step draws it, then reuse it (never "
+                               "more VAE work than no cache; ImageNet-1K at 1-8 epochs)", choices=("eager", "lazy")),
+    "cache_fill_batch": Key(2, "lazy latent cache: images per VAE call when filling (padded to this many, so an entry "
+                               "does not depend on its batch mates); small, so a step with few missing entries encodes "
+                               "few", type="int", lo=1),
+    "scan_cache": Key(False, "remember the train-dir listing (paths, sizes, mtimes) in <cache_dir>/scans/ and reuse it "
+                             "while every class folder's mtime is unchanged (ImageNet-1K: 1.28M files listed and "
+                             "stat-ed once); an image edited in place without a folder change is not seen: delete "
+                             "the scan file", type="bool"),
     "cache_dtype": Key("float16", choices=("float16", "float32"),
                        help="latent cache storage: float16 (half the disk) | float32"),
     "cache_resident": Key(False, "copy the whole latent cache to the training device (ImageWoof ~0.4 GB in float16)"),
@@ -111,6 +124,7 @@ CONFIG = {
 # `base` may move as long as its sha256 matches.
 RESUME_MUTABLE = {"base", "data_dir", "latent_cache", "cache_dir", "cache_dtype", "cache_resident", "cache_batch_size",
                   "num_workers", "epochs", "max_steps", "device", "bf16", "tf32", "compile", "grad_checkpointing",
+                  "cache_fill", "cache_fill_batch", "scan_cache",
                   "run_dir", "resume", "auto_resume", "ckpt_every", "keep_every", "log_every", "progress",
                   "debug_nan_step", "debug_kill_step"}
 
@@ -126,7 +140,7 @@ def check_config(cfg):
         raise UserError(f"batch_size {cfg['batch_size']} (the global batch) does not split over {world} processes; "
                         f"use a multiple of {world}")
     if cfg["subset"] != "custom":
-        get_subset(cfg["subset"], cfg["phase"])  # a phase the subset does not have
+        get_subset(cfg["subset"], cfg["phase"], cfg["phase_size"])  # a phase the subset does not have
     check_device(cfg["device"])
     return cfg
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from data.folder import SubsetImageFolder
 from data.latent_cache import LatentCache, build_latent_cache, cache_key, sample_latents
+from data.lazy_cache import LazyLatentCache, create_lazy_cache, lazy_cache_path
 from data.subsets import imagenet_names, imagenet_wnids, resolve_subset
 from data.transforms import hflip
 from models.difffit import apply_difffit
@@ -225,7 +226,22 @@ def epoch_batches(dataset, cache, vae, perm, first, last, rank, world, batch, ge
 
 
 def open_latent_cache(dataset, vae, cfg, info):
-    """Build the cache on the main rank (resumable, reused when complete), then open it on every rank."""
+    """Build the cache on the main rank (resumable, reused when complete), then open it on every rank.
+    cache_fill lazy: create the empty lazy cache on the main rank; entries are encoded when first drawn (a complete
+    eager cache of the same data, when there is one, is used instead: same content, no encoding left)."""
+    if cfg["cache_fill"] == "lazy":
+        eager = os.path.join(cfg["cache_dir"], cache_key(dataset, vae, cfg["cache_dtype"]))
+        try:
+            return LatentCache(eager, device=info.device if cfg["cache_resident"] else "cpu",
+                               resident=cfg["cache_resident"])
+        except UserError:
+            pass  # none, or incomplete: fill lazily
+        if info.is_main:
+            create_lazy_cache(dataset, vae, cfg["cache_dir"], cfg["cache_dtype"])
+        barrier()
+        return LazyLatentCache(lazy_cache_path(cfg["cache_dir"], dataset, vae, cfg["cache_dtype"]), dataset, vae,
+                               device="cpu", encode_batch=cfg["cache_fill_batch"],
+                               workers=max(1, cfg["num_workers"]))
     if info.is_main:
         build_latent_cache(dataset, vae, cfg["cache_dir"], batch_size=cfg["cache_batch_size"],
                            num_workers=cfg["num_workers"], device=info.device, dtype=cfg["cache_dtype"],
@@ -334,12 +350,16 @@ def train(cfg):
 
 def _train(cfg, info):
     #### cheap checks: config, data, output dir, resume checkpoint, base identity
-    subset = resolve_subset(cfg["subset"], cfg["data_dir"], cfg["class_file"], cfg["phase"])
-    dataset = SubsetImageFolder(cfg["data_dir"], subset, cfg["image_size"], flip=False)
+    subset = resolve_subset(cfg["subset"], cfg["data_dir"], cfg["class_file"], cfg["phase"], cfg["phase_size"])
+    scan_dir = None
+    if cfg["scan_cache"]:  # the listing of 1.28M files is remembered beside the latent caches
+        check_writable(cfg["cache_dir"], "cache_dir")
+        scan_dir = os.path.join(cfg["cache_dir"], "scans")
+    dataset = SubsetImageFolder(cfg["data_dir"], subset, cfg["image_size"], flip=False, scan_dir=scan_dir)
     check_writable(cfg["run_dir"], "run_dir")
     if info.is_main:  # a run killed mid-write left .tmp-checkpoint.pt.<pid>.*: the rerun of its command removes it
         remove_stale_tmp(cfg["run_dir"])
-    if cfg["latent_cache"]:
+    if cfg["latent_cache"] or cfg["scan_cache"]:
         check_writable(cfg["cache_dir"], "cache_dir")
     n, B, W = len(dataset), cfg["batch_size"], info.world_size
     if B % W:  # B is the global batch (the authors' --global-batch-size): same steps and EMA for any GPU count
@@ -381,8 +401,8 @@ def _train(cfg, info):
     latent_channels = vae.latent_channels
     # before any seeding: building the cache runs DataLoaders, which draw from torch's global RNG
     cache = open_latent_cache(dataset, vae, cfg, info) if cfg["latent_cache"] else None
-    if cache is not None:
-        vae = None  # not needed any more: the cache holds every latent
+    if isinstance(cache, LatentCache):
+        vae = None  # not needed any more: the cache holds every latent (a lazy cache keeps encoding)
     seed_everything(cfg["seed"])  # model init identical on every rank
     if cfg["mode"] == "base":
         model = build_base_model(cfg["model"], cfg["num_classes"] or subset.num_classes, latent_size,
@@ -429,6 +449,8 @@ def _train(cfg, info):
     last_saved = resume_path if ckpt else None
 
     def save(at_step):
+        if hasattr(cache, "sync"):  # a lazy cache flags its new entries on disk with every checkpoint
+            cache.sync()
         rng = gather_to_main(get_rng_state(gens, device), info)
         crits = gather_to_main(crit.state_dict(), info) if crit is not None else []
         if info.is_main:

@@ -22,30 +22,43 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.subsets import get_subset  # noqa: E402
+from data.subsets import get_subset, list_images, num_phases, phase_size_of  # noqa: E402
 from utils.config import (SECTIONS, ArgumentParser, Key, check_block, check_output, coerce, load_yaml,  # noqa: E402
                           suggest, validate)
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.io import atomic_write_text  # noqa: E402
+from utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
-ARCHS = ("convnet6", "resnetap10", "resnet18")
+ARCHS = ("convnet6", "resnetap10", "resnet18", "resnet50", "resnet101")  # resnet50/101: RDED students only
 BASELINES = ("dit", "random", "herding", "kcenter", "full")
 # what runs when a subset YAML's `reproduce:` block does not say otherwise (paper Table 1)
 PLAN = {
     "ipcs": Key([10, 20, 50, 70, 100], type="list", items="int", lo=1,
                 help="IPCs evaluated: the first k images of the sampled set (each <= sample_ipc)"),
-    "archs": Key(list(ARCHS), type="list", items="str", choices=ARCHS, help="networks trained on every set"),
+    "archs": Key(list(ARCHS[:3]), type="list", items="str", choices=ARCHS, help="networks trained on every set"),
     "repeat": Key(3, lo=1, help="training runs per network and set"),
     "baselines": Key(list(BASELINES), type="list", items="str", choices=BASELINES, help="baselines also run"),
     "kcenter_archs": Key(["resnetap10"], type="list", items="str", choices=ARCHS, help="networks for K-Center"),
     "kcenter_ipcs": Key([10, 50, 100], type="list", items="int", lo=1, help="IPCs of K-Center"),
     "sample_ipc": Key(100, lo=1, help="images per class sampled once; smaller IPCs are its first images"),
-    "phases": Key(None, type="list", items="int", lo=0, null=True,
-                  help="fine-tuning phases (ImageNet-100: 0-4); null = one model"),
+    "phases": Key(None, type="list", items="int", lo=0, null=True, literals=("all",),
+                  help="fine-tuning phases (ImageNet-100: 0-4; all = every block of phase_size classes); null = one "
+                       "model"),
     "method": Key("minimax", type="str", required=True,
                   help="the tag of the fine-tuned variant (ablations: e.g. mean-off)"),
     "finetune": Key(None, type="str", null=True,
                     help="tag of the fine-tuning run sampled (null: method); mode guidance reuses minimax's"),
+    # keys of the ImageNet-1K pipeline (configs/imagenet1k.yaml); their defaults leave the subset pipelines unchanged
+    "protocol": Key("idc", "evaluation protocol: idc (SPEC §5, Tables 1/3/5) | rded (SPEC §9, Table 4: soft labels "
+                           "from a teacher; baselines are random real images and DiT)", choices=("idc", "rded")),
+    "phase_size": Key(None, "classes per fine-tuning phase (phases: all = every block of this many classes); null = "
+                            "the subset's own (imagenet100: 20)", type="int", null=True, lo=1),
+    "phase_parallel": Key(False, "fine-tune (and sample) the phases side by side, one GPU each with the global batch, "
+                                 "instead of one after another under torchrun over every GPU", type="bool"),
+    "teacher_weights": Key(None, "rded: teacher weights file for evaluate.py (null: torchvision's ResNet-18 "
+                                 "IMAGENET1K_V1)", type="str", null=True, path="file"),
+    "tables": Key("1,3,5", "tables written by scripts/tables.py (imagenet1k: 4)", type="str"),
+    "select_seed": Key(0, "rded: seed of the random real images per class (IPC k = the first k of the largest IPC)",
+                       type="int", lo=0),
 }
 DEFAULT_PLAN = {k: e.default for k, e in PLAN.items()}
 TOOLS = {"train": "models.train_config", "sample": "sample", "evaluate": "evaluate"}  # modules declaring CONFIG
@@ -126,6 +139,22 @@ def check_tool_blocks(config_files):
             check_block(spec, block, f"the {section} block of {path}")
 
 
+def plan_phases(subset, plan):
+    """The phase indices to fine-tune (None = one model for all classes) and the extra phase arguments."""
+    phases = plan["phases"]
+    if not phases:
+        return [None], []
+    size = plan["phase_size"]
+    if phases == "all":
+        per = phase_size_of(subset, size)
+        if not per:
+            raise UserError(f"phases: all needs phase_size for subset '{subset}' (classes per phase)")
+        phases = list(range(num_phases(len(get_subset(subset).wnids), per)))
+    if not isinstance(phases, list):
+        raise UserError(f"phases must be a list of phase indices, 'all' or null (got {phases!r})")
+    return phases, ([] if size is None else ["--phase_size", str(size)])
+
+
 def build_steps(subset, imagenet, out, configs, ngpu):
     """The ordered steps of a full reproduction of `subset`.
 
@@ -133,36 +162,22 @@ def build_steps(subset, imagenet, out, configs, ngpu):
     each IPC, so IPC k is not the first k images of IPC 100: every evaluated IPC is sampled into its own folder
     `samples/<tag>-ipc<k>` (as MGD³ does), and the DiT baseline becomes `dit-mode`."""
     plan = plan_for(configs)
+    if plan["protocol"] == "rded":
+        return build_rded_steps(subset, imagenet, out, configs, ngpu, plan)
     train_dir, val_dir = os.path.join(imagenet, "train"), os.path.join(imagenet, "val")
     cfg = [a for c in configs for a in ("--config", c)]
     archs = ",".join(plan["archs"])
     results = os.path.join(out, "eval", "results.jsonl")
     steps = []
-    phases = plan["phases"] or [None]
+    phases, psize = plan_phases(subset, plan)
     samples = os.path.join(out, "samples")
-    method, finetune = plan["method"], plan["finetune"] or plan["method"]
+    method = plan["method"]
     guidance = str(sample_setting(configs, "guidance", "none")).lower()
     guided = guidance != "none"
     # (folder suffix, --ipc) of each sample folder: one IPC-100 set, or one folder per IPC with guidance
     sets = [(f"-ipc{k}", k) for k in plan["ipcs"]] if guided else [("", plan["sample_ipc"])]
     extra = ["--train_dir", train_dir] if guided else []  # the modes come from the train images
-    for p in phases:
-        tag = f"{method}" if p is None else f"{method}-p{p}"
-        ft = f"{finetune}" if p is None else f"{finetune}-p{p}"
-        ph = [] if p is None else ["--phase", str(p)]
-        run_dir = os.path.join(out, f"finetune-{ft}")
-        steps.append(Step(f"finetune-{ft}", launcher("train_minimax.py", ngpu) + cfg + [
-            "--subset", subset, *ph, "--data_dir", train_dir, "--run_dir", run_dir]))
-        for suffix, ipc in sets:
-            steps.append(Step(f"sample-{tag}{suffix}", launcher("sample.py", ngpu) + cfg + [
-                "--subset", subset, *ph, "--ckpt", os.path.join(run_dir, "checkpoint.pt"), *extra,
-                "--ipc", str(ipc), "--out", os.path.join(samples, tag + suffix)]))
-    if phases != [None]:  # one folder of every class for evaluation: links to the phase folders' class dirs
-        for suffix, _ in sets:
-            steps.append(Step(f"merge-{method}{suffix}", [
-                sys.executable, os.path.join("scripts", "reproduce.py"), "--merge", os.path.join(
-                    samples, method + suffix)] + [os.path.join(samples, f"{method}-p{p}{suffix}") for p in phases],
-                gpus="none"))
+    steps += finetune_and_sample(subset, train_dir, out, cfg, ngpu, plan, phases, psize, sets, extra)
     dit = f"dit-{guidance}" if guided else "dit"
     if "dit" in plan["baselines"]:
         for suffix, ipc in sets:
@@ -189,9 +204,109 @@ def build_steps(subset, imagenet, out, configs, ngpu):
     if "full" in plan["baselines"]:
         steps.append(Step("eval-full", ev + ["--train", train_dir, "--select", "full", "--method", "full",
                                              "--arch", archs], gpus="one"))
-    steps.append(Step("tables", [sys.executable, os.path.join("scripts", "tables.py"), os.path.join(out, "eval"),
-                                 "--out", os.path.join(out, "tables")], gpus="none"))
+    steps.append(tables_step(out, plan))
     return steps
+
+
+def finetune_and_sample(subset, train_dir, out, cfg, ngpu, plan, phases, psize, sets=None, extra=()):
+    """Fine-tune -> sample per phase (or once), then the merge of the phase folders into samples/<method>.
+
+    sets: (folder suffix, --ipc) of each sample folder (default one folder of sample_ipc; mode guidance: one per
+    IPC); extra: more sample.py arguments. phase_parallel: every fine-tuning on its own GPU side by side (the global
+    batch each), then every sampling likewise; otherwise each phase in turn under torchrun over all GPUs."""
+    samples, method = os.path.join(out, "samples"), plan["method"]
+    finetune = plan["finetune"] or method  # mode guidance samples minimax's fine-tuned checkpoint
+    sets = sets or [("", plan["sample_ipc"])]
+    parallel = plan["phase_parallel"] and phases != [None]
+    gpus, run = ("one", [sys.executable]) if parallel else ("all", None)
+    tunes, draws = [], []
+    for p in phases:
+        tag = f"{method}" if p is None else f"{method}-p{p}"
+        ft = f"{finetune}" if p is None else f"{finetune}-p{p}"
+        ph = [] if p is None else ["--phase", str(p), *psize]
+        run_dir = os.path.join(out, f"finetune-{ft}")
+        tunes.append(Step(f"finetune-{ft}", (run + ["train_minimax.py"] if run else
+                                             launcher("train_minimax.py", ngpu)) + cfg + [
+            "--subset", subset, *ph, "--data_dir", train_dir, "--run_dir", run_dir], gpus=gpus))
+        draws.append([Step(f"sample-{tag}{suffix}", (run + ["sample.py"] if run else launcher("sample.py", ngpu)) +
+                           cfg + ["--subset", subset, *ph, "--ckpt", os.path.join(run_dir, "checkpoint.pt"), *extra,
+                                  "--ipc", str(ipc), "--out", os.path.join(samples, tag + suffix)], gpus=gpus)
+                      for suffix, ipc in sets])
+    if parallel:
+        steps = tunes + [s for d in draws for s in d]
+    else:
+        steps = [s for t, d in zip(tunes, draws) for s in [t, *d]]
+    if phases != [None]:  # one folder of every class for evaluation: links to the phase folders' class dirs
+        for suffix, _ in sets:
+            steps.append(Step(f"merge-{method}{suffix}", [
+                sys.executable, os.path.join("scripts", "reproduce.py"), "--merge", os.path.join(
+                    samples, method + suffix)] + [os.path.join(samples, f"{method}-p{p}{suffix}") for p in phases],
+                gpus="none"))
+    return steps
+
+
+def tables_step(out, plan):
+    extra = [] if plan["tables"] == DEFAULT_PLAN["tables"] else ["--tables", str(plan["tables"])]
+    return Step("tables", [sys.executable, os.path.join("scripts", "tables.py"), os.path.join(out, "eval"),
+                           "--out", os.path.join(out, "tables")] + extra, gpus="none")
+
+
+def build_rded_steps(subset, imagenet, out, configs, ngpu, plan):
+    """ImageNet-1K (Table 4, SPEC §9): fine-tune -> sample the largest IPC -> random real images -> evaluate every
+    IPC x student x method with the RDED protocol -> tables. Smaller IPCs are the first images of the folders."""
+    train_dir, val_dir = os.path.join(imagenet, "train"), os.path.join(imagenet, "val")
+    cfg = [a for c in configs for a in ("--config", c)]
+    samples, method = os.path.join(out, "samples"), plan["method"]
+    phases, psize = plan_phases(subset, plan)
+    steps = finetune_and_sample(subset, train_dir, out, cfg, ngpu, plan, phases, psize)
+    methods = [method]
+    if "dit" in plan["baselines"]:
+        steps.append(Step("sample-dit", launcher("sample.py", ngpu) + cfg + [
+            "--subset", subset, "--ckpt", "none", "--ipc", str(plan["sample_ipc"]),
+            "--out", os.path.join(samples, "dit")]))
+        methods.append("dit")
+    if "random" in plan["baselines"]:
+        steps.append(Step("select-random", [sys.executable, os.path.join("scripts", "reproduce.py"), "--select-real",
+                                            os.path.join(samples, "random"), train_dir, subset,
+                                            str(plan["sample_ipc"]), str(plan["select_seed"])], gpus="none"))
+        methods.append("random")
+    results = os.path.join(out, "eval", "results.jsonl")
+    teacher = ["--teacher_weights", plan["teacher_weights"]] if plan["teacher_weights"] else []
+    for ipc in plan["ipcs"]:
+        for arch in plan["archs"]:
+            for m in methods:
+                name = f"eval-{m}-ipc{ipc}" + (f"-{arch}" if len(plan["archs"]) > 1 else "")
+                steps.append(Step(name, [sys.executable, "evaluate.py", "--protocol", "rded", "--train",
+                                         os.path.join(samples, m), "--val", val_dir, "--subset", subset, "--ipc",
+                                         str(ipc), "--arch", arch, "--repeat", str(plan["repeat"]), "--results",
+                                         results, "--method", m, *teacher, *cfg], gpus="one"))
+    steps.append(tables_step(out, plan))
+    return steps
+
+
+def select_real(dest, train_dir, subset, ipc, seed):
+    """dest/<wnid>/<i><ext> -> links to `ipc` real train images per class, drawn without replacement by a generator
+    seeded with sha256(seed/wnid) (so a class's choice does not depend on the others); IPC k = files 0..k-1."""
+    import hashlib
+
+    import numpy as np
+    sub = get_subset(subset)
+    manifest = {"format": "minimax-real-selection", "train_dir": os.path.abspath(train_dir), "ipc": ipc,
+                "seed": seed, "seed_rule": "numpy default_rng(int(sha256('{seed}/{wnid}')[:16], 16))", "classes": {}}
+    for w in sub.wnids:
+        names = list_images(os.path.join(train_dir, w)) if os.path.isdir(os.path.join(train_dir, w)) else []
+        if len(names) < ipc:
+            raise UserError(f"{os.path.join(train_dir, w)} has {len(names)} image(s), fewer than ipc {ipc}; "
+                            f"point --imagenet at the full ImageNet train folder")
+        rng = np.random.default_rng(int(hashlib.sha256(f"{seed}/{w}".encode()).hexdigest()[:16], 16))
+        chosen = [names[i] for i in rng.choice(len(names), ipc, replace=False)]
+        os.makedirs(os.path.join(dest, w), exist_ok=True)
+        for i, name in enumerate(chosen):
+            link = os.path.join(dest, w, f"{i}{os.path.splitext(name)[1]}")
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(os.path.join(train_dir, w, name)), link)
+        manifest["classes"][w] = chosen
+    atomic_write_json(os.path.join(dest, "selection.json"), manifest)
 
 
 #### Running ###################################################################################################
@@ -271,16 +386,20 @@ def merge(dest, sources):
 
 def main(argv=None):
     p = ArgumentParser(prog="reproduce.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--subset", help="imagewoof, imagenette, imageidc or imagenet100")
+    p.add_argument("--subset", help="imagewoof, imagenette, imageidc, imagenet100 or imagenet1k")
     p.add_argument("--imagenet", help="ImageNet root holding train/<wnid>/ and val/<wnid>/")
     p.add_argument("--out", default=None, help="output root (default results/<subset>)")
     p.add_argument("--config", action="append", default=[],
                    help="extra YAML layered over configs/<subset>.yaml (train/sample/evaluate/reproduce blocks)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (done/todo and each command) and exit")
     p.add_argument("--merge", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--select-real", nargs=5, help=argparse.SUPPRESS)  # DEST TRAIN_DIR SUBSET IPC SEED
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge[0], args.merge[1:])
+    if args.select_real:
+        dest, train_dir, subset, ipc, seed = args.select_real
+        return select_real(dest, train_dir, subset, int(ipc), int(seed))
     if not args.subset or not args.imagenet:
         raise UserError("pass --subset NAME and --imagenet DIR (the folder holding train/ and val/)")
     get_subset(args.subset)  # unknown names fail here

@@ -1,4 +1,4 @@
-"""Paper-layout tables (Tables 1, 3, 5, and mode guidance against MGD³'s published rows) from evaluation results,
+"""Paper-layout tables (Tables 1, 3, 4, 5, and mode guidance against MGD³'s published rows) from evaluation results,
 with the published numbers side by side.
 
     python scripts/tables.py results/ [more.jsonl ...] [--metric best|last] [--out DIR]
@@ -22,9 +22,11 @@ from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
 
 PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published.yaml")
-ARCH_NAMES = {"convnet6": "ConvNet-6", "resnetap10": "ResNetAP-10", "resnet18": "ResNet-18"}
+ARCH_NAMES = {"convnet6": "ConvNet-6", "resnetap10": "ResNetAP-10", "resnet18": "ResNet-18",
+              "resnet50": "ResNet-50", "resnet101": "ResNet-101"}
 METHOD_NAMES = {"random": "Random", "herding": "Herding", "kcenter": "K-Center", "dit": "DiT", "minimax": "Minimax",
-                "full": "Full", "dit-mode": "DiT + mode (MGD³)", "minimax-mode": "Minimax + mode"}
+                "full": "Full", "dit-mode": "DiT + mode (MGD³)", "minimax-mode": "Minimax + mode",
+                "sre2l": "SRe2L", "rded": "RDED", "authors": "Minimax (authors' images)"}
 ABLATION = [("off-off", "Difffit only"), ("mean-off", "L_r (mean)"), ("minimax-off", "L_r (minimax)"),
             ("off-mean", "L_d (mean)"), ("off-minimax", "L_d (minimax)"), ("mean-mean", "L_r + L_d (mean)"),
             ("minimax-minimax", "L_r + L_d (minimax)")]
@@ -37,7 +39,13 @@ TABLES = {
     # mode guidance (configs/guidance/mode.yaml); MGD³ = DiT + mode guidance, its published numbers in dit-mode
     "mode": (["imagewoof"], ["dit", "dit-mode", "minimax", "minimax-mode"], ["convnet6", "resnetap10", "resnet18"],
              [10, 50, 100]),
+    # Table 4 (SPEC §9): SRe2L and RDED are published rows only (other distillation methods)
+    "4": (["imagenet1k"], ["random", "sre2l", "rded", "dit", "minimax", "authors"],
+          ["resnet18", "resnet50", "resnet101"],
+          [10, 50]),
 }
+# the evaluation protocol whose runs a table reads (a record without a `protocol` field is an IDC run)
+TABLE_PROTOCOL = {"1": "idc", "3": "idc", "5": "idc", "4": "rded"}
 
 
 #### Reading results ###########################################################################################
@@ -64,8 +72,23 @@ def method_of(rec):
     return os.path.basename(os.path.normpath(str(rec.get("train", ""))))
 
 
-def load_runs(files):
-    """{(subset, method, arch, ipc): {seed: (best, last)}}; a rerun of the same seed keeps the latest record."""
+def protocol_of(rec):
+    """The evaluation protocol of a run record: `eval_protocol` (evaluate.py writes "idc" or "rded"), else a
+    `protocol` name, the `name` inside a protocol dict, else "idc" (older IDC records store only their
+    hyper-parameters as the protocol dict)."""
+    if isinstance(rec.get("eval_protocol"), str):
+        return rec["eval_protocol"]
+    p = rec.get("protocol")
+    if isinstance(p, str):
+        return p
+    if isinstance(p, dict) and isinstance(p.get("name"), str):
+        return p["name"]
+    return "idc"
+
+
+def load_runs(files, protocol=None):
+    """{(subset, method, arch, ipc): {seed: (best, last)}}; a rerun of the same seed keeps the latest record.
+    protocol: only runs of that evaluation protocol (records without the field are IDC runs); None = all."""
     groups = {}
     for path in files:
         with open(path) as f:
@@ -75,6 +98,8 @@ def load_runs(files):
                 except json.JSONDecodeError:
                     continue  # a torn last line of an interrupted run
                 if rec.get("kind") != "run":
+                    continue
+                if protocol is not None and protocol_of(rec) != protocol:
                     continue
                 ipc = "full" if rec.get("select") == "full" or rec.get("ipc") in (None, "full") else int(rec["ipc"])
                 key = (rec.get("subset"), method_of(rec), rec.get("arch"), ipc)
@@ -143,7 +168,8 @@ def markdown(rows, table, metric):
     names = dict(ABLATION) if table == "5" else METHOD_NAMES
     title = {"1": "Table 1: ImageWoof", "3": "Table 3: ImageNette / ImageIDC (ResNetAP-10)",
              "5": "Table 5: ablation of the minimax scheme (ResNetAP-10)",
-             "mode": "Mode guidance: ImageWoof, published MGD³ (Chan-Santiago et al., ICML 2025) as DiT + mode"}[table]
+             "mode": "Mode guidance: ImageWoof, published MGD³ (Chan-Santiago et al., ICML 2025) as DiT + mode",
+             "4": "Table 4: ImageNet-1K, RDED protocol (student network per row)"}[table]
     out = [f"### {title} — top-1 % ({metric} over the run), ours (paper, difference)", ""]
     out.append("| Subset | IPC | Network | " + " | ".join(names[m] for m in methods) + " |")
     out.append("|" + "---|" * (3 + len(methods)))
@@ -151,6 +177,8 @@ def markdown(rows, table, metric):
     for r in rows:
         by_row.setdefault((r["subset"], r["ipc"], r["arch"]), {})[r["method"]] = r
     for (subset, ipc, arch), cells in by_row.items():
+        if table == "4" and all(c["n"] == 0 and c["paper_mean"] is None for c in cells.values()):
+            continue  # Table 4 lists the larger students only where they were evaluated
         vals = [cell(cells[m]) if m in cells else "" for m in methods]
         out.append(f"| {subset} | {ipc} | {ARCH_NAMES.get(arch, arch)} | " + " | ".join(vals) + " |")
     return "\n".join(out) + "\n"
@@ -169,9 +197,10 @@ def make_tables(paths, metric="best", tables=("1", "3", "5", "mode"), published_
     """(markdown, csv text) of the requested tables; tables with no result at all are left out."""
     with open(published_path) as f:
         published = yaml.safe_load(f)
-    groups = load_runs(find_result_files(paths))
+    files = find_result_files(paths)
     md, all_rows = [], []
     for t in tables:
+        groups = load_runs(files, TABLE_PROTOCOL.get(t))
         rows = build_rows(groups, published, t, metric)
         if any(r["n"] for r in rows):
             md.append(markdown(rows, t, metric))
@@ -184,7 +213,8 @@ def main(argv=None):
     p.add_argument("results", nargs="+", help="results.jsonl files or folders holding them")
     p.add_argument("--metric", choices=["best", "last"], default="best",
                    help="best = max test accuracy over the run (the authors' report); last = final epoch")
-    p.add_argument("--tables", default="1,3,5,mode", help="comma-separated: 1, 3, 5, mode")
+    p.add_argument("--tables", default="1,3,5,mode",
+                   help="comma-separated: 1, 3, 4, 5, mode (4 = ImageNet-1K, RDED protocol)")
     p.add_argument("--out", default=None, help="folder for tables.md and tables.csv (default: print only)")
     args = p.parse_args(argv)
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]

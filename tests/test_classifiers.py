@@ -5,10 +5,11 @@ import pytest
 import torch
 import torchvision
 
-from models.classifiers import CLASSIFIERS, build_classifier, convnet_depth, count_params
+from models.classifiers import CLASSIFIERS, TORCHVISION, build_classifier, convnet_depth, count_params
 from utils.errors import UserError
 
-SPEC_PARAMS = {"convnet6": 754_570, "resnetap10": 4_910_922, "resnet18": 11_181_642, "resnet18_bn": 11_181_642}
+SPEC_PARAMS = {"convnet6": 754_570, "resnetap10": 4_910_922, "resnet18": 11_181_642, "resnet18_bn": 11_181_642,
+               "resnet50_bn": 23_528_522, "resnet101_bn": 42_520_650}  # the last two: torchvision's at 10 classes
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
@@ -62,7 +63,7 @@ def test_initialisation(name):
         if isinstance(m, torch.nn.GroupNorm):
             assert m.num_groups == m.num_channels and m.affine  # instance norm with affine
             assert (m.weight == 1).all() and (m.bias == 0).all()
-    if name != "resnet18_bn":  # the IDC networks use instance norm; the RDED student keeps BatchNorm
+    if name not in TORCHVISION:  # the IDC networks use instance norm; the RDED students keep BatchNorm
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
@@ -92,9 +93,10 @@ def test_resnetap_stem_by_resolution(size, kernel, pool, side):
         assert model.layers(model.stem(torch.zeros(1, 3, size, size))).shape[-1] == side
 
 
-def test_resnet18_bn_is_torchvision():
-    """The RDED student: torchvision's ResNet-18, same state-dict keys and shapes, BatchNorm."""
-    ours = build_classifier("resnet18_bn", 1000)
-    ref = torchvision.models.resnet18()
+@pytest.mark.parametrize("depth", [18, 50, 101])
+def test_resnet_bn_is_torchvision(depth):
+    """The RDED students: torchvision's ResNet-18 / 50 / 101, same state-dict keys and shapes, BatchNorm."""
+    ours = build_classifier(f"resnet{depth}_bn", 1000)
+    ref = getattr(torchvision.models, f"resnet{depth}")()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
     assert isinstance(ours.bn1, torch.nn.BatchNorm2d)

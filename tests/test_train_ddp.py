@@ -87,3 +87,18 @@ def test_global_batch_must_split_over_ranks(setup):
                           timeout=120)
     assert proc.returncode != 0 and "batch_size 3 (the global batch) does not split over 2 processes" in proc.stderr
     assert not os.path.exists(root / "odd" / "checkpoint.pt")
+
+
+def test_ddp_lazy_cache_equals_eager(setup):
+    """Both ranks fill one lazy cache (their own draws) and the run equals the eager-cache run bit for bit."""
+    root, common = setup
+    torchrun(common + ["--run_dir", str(root / "lazy"), "--cache_fill", "lazy",
+                       "--cache_dir", str(root / "lazy-cache")])
+    a, b = load(root / "straight" / "checkpoint.pt"), load(root / "lazy" / "checkpoint.pt")
+    for key in ("params", "ema"):
+        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+    for r in range(2):
+        assert all(torch.equal(a["criterion"][r][k], b["criterion"][r][k]) for k in ("real", "pred", "ptr", "count"))
+    (lazy,) = [d for d in os.listdir(root / "lazy-cache") if d.endswith("-lazy")]
+    filled = np.load(root / "lazy-cache" / lazy / "filled.npy")
+    assert filled.shape == (12, 2) and 12 <= filled.sum() <= 24  # 2 epochs: every image drawn twice, one side or both
