@@ -6,7 +6,7 @@
     python evaluate.py --train results/samples/imagewoof --mmd_real /data/imagenet/train --val ... --arch none --ipc 50
 """
 from models.evaluation import run_evaluation
-from utils.config import parse_config
+from utils.config import Key, parse_config
 from utils.errors import UserError, run_cli
 
 CONFIG = {
@@ -34,9 +34,12 @@ CONFIG = {
     "workers": (2, "decoding threads; DataLoader workers on the pil path"),
     "compile": (False, "torch.compile the classifier (CUDA, long runs)"),
     "results": (None, "results JSONL path or folder (None: results/eval/<subset or train-dir name>/results.jsonl)"),
-    "mmd_real": (None, "real train dir: also report the feature MMD of --train to it (paper Table 2)"),
+    "mmd_real": (None, "real train dir: also report the feature MMD (paper Table 2), representativeness and "
+                       "diversity of the set trained on (folder or --select coreset) against it"),
     "feature_arch": ("resnetap10", "network trained on the full real set for herding / k-center / MMD features"),
     "feature_epochs": (None, "epochs for that network (None: the IPC rule for the full set)"),
+    "feature_seed": Key(0, "seed of that network (one network per real set, whatever --seed the runs use)",
+                        type="int", lo=0),
     "width": (None, "convnet6 channels (None: 128, the protocol's); narrower only for quick CPU demos"),
     "method": (None, "tag stored in every result record (minimax, dit, random, ...) that scripts/tables.py groups "
                      "by; None: the --select mode, else the train folder's name"),
