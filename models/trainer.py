@@ -470,6 +470,9 @@ def _train(cfg, info):
             loss.backward()
             opt.step()
             ema.update()
+            probe = None
+            if crit is not None and ((step + 1) % cfg["log_every"] == 0 or step + 1 == total):
+                probe = crit.probe(out["pred_x0"].detach().float(), y)  # before the update, as the losses saw it
             if crit is not None:  # after the loss: the batch never sees itself (SPEC §3)
                 pred = out["pred_x0"].detach().float()
                 if cfg["memory_sync"] == "global" and W > 1:
@@ -486,7 +489,8 @@ def _train(cfg, info):
                 now = time.perf_counter()
                 last = {"step": step, "epoch": epoch, "loss": vals[0] + vals[3] + vals[4], "diffusion": vals[0],
                         "mse": vals[1], "vb": vals[2], "loss_r": vals[3], "loss_d": vals[4],
-                        "lr": opt.param_groups[0]["lr"], "steps_per_s": n_window / (now - t_window)}
+                        "lr": opt.param_groups[0]["lr"], "steps_per_s": n_window / (now - t_window),
+                        **(probe or {})}  # this step's batch on rank 0: memory fill and the losses' cosines
                 if info.is_main:
                     append_jsonl(log_path, last)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", L_r=f"{vals[3]:.2e}", L_d=f"{vals[4]:.2e}")
