@@ -198,7 +198,9 @@ def comparisons(stats, ipcs, pairs):
                     continue
                 d, spread = va.mean() - vb.mean(), float(np.sqrt(va.var() + vb.var()))
                 verdict = "beyond spread" if abs(d) > spread else "within spread"
-                cells.append(f"{_f(fmt, d)} (spread {_f(fmt, spread)}, {verdict})")
+                # seed s is the same sampling noise and ConvNet seed in both arms: the per-seed differences
+                paired = f"; paired sd {_f(fmt, (va - vb).std())}" if len(va) == len(vb) else ""
+                cells.append(f"{_f(fmt, d)} (spread {_f(fmt, spread)}, {verdict}{paired})")
             lines.append(f"| {ipc} | {a} − {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -328,7 +330,9 @@ def main(argv=None):
             f"nearest image of the set, diversity = mean within-class cosine (data/eval_measures.py).\n")
     body = [head, results_table(stats, arms, ipcs, n_train)]
     if pairs:
-        body += ["\nMinimax against its controls (difference of means; spread = sqrt(sd_a² + sd_b²)):\n",
+        body += ["\nMinimax against its controls: difference of means; spread = sqrt(sd_a² + sd_b²), the sd of one "
+                 "draw of each; paired sd = sd over seeds of (a_s − b_s), the arms sharing seed s's sampling noise "
+                 "and ConvNet seed:\n",
                  comparisons(stats, ipcs, pairs)]
     body.append(f"\nSample grid (real | {' | '.join(a.name for a in gen)}, sampling seed 0): {os.path.basename(grid)}\n")
     body.append("\nWall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s "

@@ -34,7 +34,7 @@ def test_demo_quick_end_to_end(tmp_path):
     recs = [json.loads(ln) for ln in open(out / "eval" / "test.jsonl")]
     got = {(r["kind"], r["method"], r["ipc"], r["seed"]) for r in recs if r["kind"] in ("run", "mmd")}
     want = {(k, m, i, s) for k in ("run", "mmd") for m in ("random", *generated) for i in (2, 3) for s in (0, 1)}
-    want |= {(k, "full", None, s) for k in ("run", "mmd") for s in (0, 1)}
+    want |= {("run", "full", None, 0), ("run", "full", None, 1), ("mmd", "full", None, 0)}  # one set: measured once
     assert got == want
     full = [r for r in recs if r["kind"] == "mmd" and r["method"] == "full"]
     assert full[0]["mmd_linear"] == pytest.approx(0, abs=1e-9)  # the train split against itself
@@ -65,5 +65,5 @@ def test_verdict_compares_the_difference_with_the_spread():
              ("base", 10): {"best": np.array([70.0, 72.0])},     # mean 71, sd 1: 10 apart, spread sqrt 2
              ("difffit", 10): {"best": np.array([79.0, 81.0])}}  # mean 80: 1 apart, within sqrt 2
     text = comparisons(stats, [10], (("minimax", "base"), ("minimax", "difffit")))
-    assert "| 10 | minimax − base | 10.0 (spread 1.4, beyond spread) |" in text
-    assert "| 10 | minimax − difffit | 1.0 (spread 1.4, within spread) |" in text
+    assert "| 10 | minimax − base | 10.0 (spread 1.4, beyond spread; paired sd 0.0) |" in text
+    assert "| 10 | minimax − difffit | 1.0 (spread 1.4, within spread; paired sd 0.0) |" in text
