@@ -166,7 +166,8 @@ def _ms(v, fmt):
 
 
 def _f(fmt, x):
-    return fmt.format(round(float(x), 9) + 0.0)  # no "-0.000" for a rounding-level negative
+    s = fmt.format(float(x))
+    return s[1:] if s.startswith("-") and float(s) == 0 else s  # "-0.00" -> "0.00"
 
 
 def results_table(stats, arms, ipcs, n_train):
