@@ -90,6 +90,8 @@ def test_herding_feature_net_cached_and_mmd(data):
     assert again["mmd"] == rnd["mmd"] and open(tmp / "h" / "results.jsonl").read() == lines
     full = run_evaluation(train, val, arch="none", select="full", mmd_real=train, **kw)["mmd"]
     assert full["mmd_linear"] == pytest.approx(0, abs=1e-9) and full["rep"] == pytest.approx(0, abs=1e-9)
+    with pytest.raises(UserError, match="needs mmd_real = train"):
+        run_evaluation(train, val, arch="none", select="kcenter", ipc=2, mmd_real=val, **kw)
 
 
 def _bad(tmp, train, val, **extra):

@@ -68,6 +68,10 @@ def run_evaluation(train, val, arch="resnetap10", subset="custom", ipc=None, sel
         raise UserError(f"select {select} needs --ipc K (images per class to pick from the real train set)")
     if select == "full" and ipc is not None:
         raise UserError("select full trains on every image; drop --ipc (or use --select random --ipc K)")
+    if mmd_real and select in ("herding", "kcenter") and os.path.abspath(mmd_real) != os.path.abspath(train):
+        # the selection would read features of mmd_real's images as if they were the train dir's
+        raise UserError(f"select {select} with mmd_real needs mmd_real = train (got {mmd_real} and {train}); "
+                        f"measure the coreset in a second run with --select none on its folder")
     if data_path not in ("gpu", "pil"):
         raise UserError(f"data_path must be gpu or pil, got {data_path!r}")
     if repeat < 1 or (ipc is not None and ipc < 1):
