@@ -338,7 +338,8 @@ def main(argv=None):
                  "draw of each; paired sd = sd over seeds of (a_s − b_s), the arms sharing seed s's sampling noise "
                  "and ConvNet seed:\n",
                  comparisons(stats, ipcs, pairs)]
-    body.append(f"\nSample grid (real | {' | '.join(a.name for a in gen)}, sampling seed 0): {os.path.basename(grid)}\n")
+    panels = " | ".join(a.name for a in gen)
+    body.append(f"\nSample grid (real | {panels}, sampling seed 0): {os.path.basename(grid)}\n")
     body.append("\nWall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s "
                 f"with {args.threads} torch thread(s) on {os.cpu_count()} CPUs, load average {load[0]:.2f} / "
                 f"{load[1]:.2f} / {load[2]:.2f} at the end; torch {run_info().get('torch')}.\n")

@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 from scripts.demo import ARMS, Arm, comparisons, fine_tune_runs
+from scripts.demo_gradients import main as gradients_main
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_demo_quick_end_to_end(tmp_path):
+def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     cmd = ["bash", os.path.join(ROOT, "scripts", "demo.sh"), "--out", str(out), "--quick", "--ipcs", "2,3"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -45,6 +46,10 @@ def test_demo_quick_end_to_end(tmp_path):
     assert Image.open(out / "demo_grid.png").size == (4 * 10 * 32 + 3 * 12, 14 + 10 * 32)
     fill = [json.loads(ln) for ln in open(out / "runs" / "minimax" / "log.jsonl")][-1]
     assert 0 < fill["mem_fill"] <= 1 and -1 <= fill["cos_pred_max"] <= 1 and fill["loss_d"] > 0
+    gradients_main([str(out), "--batches", "2"])  # the gradient probe on the demo's base model
+    line = capsys.readouterr().out
+    ratios = [float(x.split(",")[0]) for x in line.split("/ diffusion ")[1:]]
+    assert line.startswith("median gradient norm over 2 batches") and len(ratios) == 2 and min(ratios) > 0
     # rerunning finds every step finished and changes nothing, the table's numbers included
     before = open(out / "eval" / "test.jsonl").read()
     again = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
