@@ -1,5 +1,5 @@
 """Every key of train_minimax.py with its default (SPEC §2-3) and what it does; validation of a resolved config."""
-from utils.config import as_key, coerce, suggest
+from utils.config import Key, as_key, coerce, suggest
 from utils.errors import UserError
 
 # key -> (default, help). configs/train_default.yaml spells out the same defaults; configs/tiny.yaml is the
@@ -51,6 +51,8 @@ CONFIG = {
                      "up to there is unchanged"),
     "ema_decay": (0.9999, "EMA of the trainable parameters, updated every step, started from the base weights"),
     "seed": (0, "seeds everything; the data order of epoch e is a function of (seed, e) only"),
+    "flip": Key(True, "random horizontal flip of each training image (DiT's; off for data whose mirror image is "
+                      "another class or no class, e.g. digits)", type="bool"),
     #### speed
     "device": ("auto", "auto (CUDA if available) | cpu | cuda"),
     "bf16": (False, "bfloat16 autocast for the forward pass (the authors train in fp32)"),

@@ -202,15 +202,16 @@ class _Images(torch.utils.data.Dataset):
         return self.dataset.load(i, flip=False), self.dataset.items[i][1]
 
 
-def epoch_batches(dataset, cache, vae, perm, first, last, rank, world, batch, gen, device, num_workers):
+def epoch_batches(dataset, cache, vae, perm, first, last, rank, world, batch, gen, device, num_workers, flip=True):
     """(z scaled latents (B, C, h, w), subset-local labels (B,)) for steps first..last-1 of an epoch.
 
     Cache and on-the-fly encoding draw the same random numbers from `gen` (flips, then eps), so with an exact cache
-    (float32, deterministic encoder) both give the same latents."""
+    (float32, deterministic encoder) both give the same latents. flip=False draws the flips all the same (the eps
+    stream does not move) and mirrors nothing."""
     order = [rank_batch(perm, s, rank, world, batch) for s in range(first, last)]
     if cache is not None:
         for idx in order:
-            z, y = cache.draw(idx, gen)
+            z, y = cache.draw(idx, gen, flip=flip)
             yield z.to(device, non_blocking=True), y.to(device)
         return
     if not order:
@@ -219,7 +220,7 @@ def epoch_batches(dataset, cache, vae, perm, first, last, rank, world, batch, ge
                                          num_workers=num_workers, pin_memory=device.type == "cuda",
                                          generator=torch.Generator().manual_seed(0))  # keep off torch's global RNG
     for x, y in loader:
-        flips = torch.rand(x.shape[0], generator=gen) < 0.5  # (B,)
+        flips = (torch.rand(x.shape[0], generator=gen) < 0.5) & flip  # (B,)
         x = torch.where(flips[:, None, None, None], hflip(x), x)  # (B, 3, S, S)
         yield sample_latents(vae, x.to(device), generator=gen), y.to(device)
 
@@ -446,7 +447,7 @@ def _train(cfg, info):
         perm = epoch_permutation(cfg["seed"], epoch, n)
         first, stop = step - epoch * steps_per_epoch, min(steps_per_epoch, total - epoch * steps_per_epoch)
         for z, y in epoch_batches(dataset, cache, vae, perm, first, stop, info.rank, W, b, gens["data"], device,
-                                  cfg["num_workers"]):
+                                  cfg["num_workers"], flip=cfg["flip"]):
             t = torch.randint(0, diffusion.num_steps, (z.shape[0],), generator=gens["noise"], device=device)  # (b,)
             noise = torch.randn(z.shape, generator=gens["noise"], device=device)  # (b, C, h, w)
             with autocast:
