@@ -46,8 +46,8 @@ CONFIG = {
     "test_batch_size": Key(256, lo=1, help="batch size for testing and feature extraction"),
     "lr": Key(None, type="float", gt=0, null=True, help="None: idc 0.01 (0.1 above 100 classes); rded 1e-3 (AdamW)"),
     "momentum": Key(0.9, lo=0, lt=1, help="SGD momentum"),
-    "weight_decay": Key(None, type="float", lo=0, null=True, help="None: idc 5e-4 (1e-4 above 100 classes); rded 0.01 on ndim > 1 "
-                                                                           "weights only"),
+    "weight_decay": Key(None, type="float", lo=0, null=True,
+                        help="None: idc 5e-4 (1e-4 above 100 classes); rded 0.01 on ndim > 1 weights only"),
     "eval_every": Key(None, type="int", lo=1, null=True,
                       help="test every N epochs (None: idc epochs // 100, rded 10); the last epoch is always "
                            "tested"),
@@ -65,12 +65,15 @@ CONFIG = {
                    help="results JSONL path or folder (None: results/eval/<subset or train-dir "
                         "name>/results.jsonl)"),
     "mmd_real": Key(None, type="str", path="dir", null=True,
-                    help="real train dir: also report the feature MMD of --train to it (paper Table 2)"),
+                    help="real train dir: also report the feature MMD (paper Table 2), representativeness and "
+                         "diversity of the set trained on (folder or --select coreset) against it"),
     "feature_arch": Key("resnetap10", choices=("convnet6", "resnetap10", "resnet18", "resnet18_bn", "resnet50_bn",
                                                "resnet101_bn"),
                         help="network trained on the full real set for herding / k-center / MMD features"),
     "feature_epochs": Key(None, type="int", lo=1, null=True,
                           help="epochs for that network (None: the IPC rule for the full set)"),
+    "feature_seed": Key(0, "seed of that network (one network per real set, whatever --seed the runs use)",
+                        type="int", lo=0),
     "width": Key(None, type="int", lo=1, null=True,
                  help="convnet6 channels (None: 128, the protocol's); narrower only for quick CPU demos"),
     "method": Key(None, type="str", null=True,
@@ -114,8 +117,11 @@ def check_config(cfg):
         raise UserError(f"select {cfg['select']} needs --ipc K (images per class to pick from the real train set)")
     if cfg["select"] == "full" and cfg["ipc"] is not None:
         raise UserError("select full trains on every image; drop --ipc (or use --select random --ipc K)")
-    if cfg["mmd_real"] and cfg["select"] != "none":
-        raise UserError("mmd_real measures a distilled folder (select none); run coreset baselines separately")
+    if cfg["mmd_real"] and cfg["select"] in ("herding", "kcenter") and \
+            os.path.abspath(cfg["mmd_real"]) != os.path.abspath(cfg["train"]):
+        # the selection would read features of mmd_real's images as if they were the train dir's
+        raise UserError(f"select {cfg['select']} with mmd_real needs mmd_real = train (got {cfg['mmd_real']} and "
+                        f"{cfg['train']}); measure the coreset in a second run with --select none on its folder")
     if cfg["depth"] is not None and cfg["image_size"] >> cfg["depth"] < 1:
         raise UserError(f"convnet depth {cfg['depth']} pools a {cfg['image_size']}px image to nothing; use a "
                         f"smaller --depth (or leave it unset)")

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from utils.io import append_jsonl, atomic_save_image
 
 CSV_FIELDS = ["time", "kind", "method", "arch", "train", "subset", "select", "ipc", "repeat", "seed", "epochs", "best", "last",
-              "best_mean", "best_std", "last_mean", "last_std", "n_runs", "mmd_linear", "mmd_rbf", "fingerprint",
+              "best_mean", "best_std", "last_mean", "last_std", "n_runs", "mmd_linear", "mmd_rbf", "rep", "div", "fingerprint",
               "key"]
 
 
@@ -27,8 +27,8 @@ def run_key(protocol, fingerprint, arch, seed):
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def finished_runs(path):
-    """{key: record} of the run records already in the JSONL (a torn last line is ignored)."""
+def finished_runs(path, kind="run"):
+    """{key: record} of the records of this kind ("run", "mmd") already in the JSONL (a torn last line is ignored)."""
     done = {}
     if not os.path.isfile(path):
         return done
@@ -38,7 +38,7 @@ def finished_runs(path):
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if rec.get("kind") == "run" and "key" in rec:
+            if rec.get("kind") == kind and "key" in rec:
                 done[rec["key"]] = rec
     return done
 

@@ -196,14 +196,15 @@ class LatentCache:
         std = torch.from_numpy(np.asarray(self.std[ii, ff], dtype=np.float32))
         return mean.to(self.device), std.to(self.device)
 
-    def draw(self, indices, generator):
+    def draw(self, indices, generator, flip=True):
         """z = (mean + std * eps) * scale of each item or its mirror (p = 0.5): (B, C, h, w) float32, labels (B,).
 
         All randomness comes from `generator` (a CPU torch.Generator): flips first, then eps, so a run is
-        reproducible and resumable from the generator's saved state, resident or not.
+        reproducible and resumable from the generator's saved state, resident or not. flip=False: never the mirror
+        (the flips are still drawn, so eps is the same stream).
         """
         idx = torch.as_tensor(indices).long().reshape(-1)  # (B,)
-        flips = torch.rand(idx.numel(), generator=generator) < 0.5  # (B,)
+        flips = (torch.rand(idx.numel(), generator=generator) < 0.5) & flip  # (B,)
         eps = torch.randn((idx.numel(), *self.latent_shape), generator=generator)  # (B, C, h, w)
         mean, std = self.stats(idx, flips)
         z = (mean + std * eps.to(self.device)) * self.scale  # (B, C, h, w)

@@ -117,6 +117,25 @@ class MinimaxCriterion:
                 loss_d = loss_d + self.lambda_d * agg / n
         return loss_r, loss_d
 
+    @torch.no_grad()
+    def probe(self, pred_x0, labels):
+        """What the losses see, unweighted, whatever the modes: {"mem_fill": mean fill of the batch's classes
+        (0..1), "cos_real_min": mean over those classes with entries of the least cosine between a prediction and
+        the real memory (Eq. 3's pair), "cos_pred_max": same, the largest cosine to the predicted memory (Eq. 4's
+        pair)}. For logs: how full the memories are and whether the losses move the cosines they aim at."""
+        pred, lab = self._check(pred_x0, labels)
+        pred_u = _unit(pred)
+        fill, lo, hi = [], [], []
+        for c in torch.unique(lab).tolist():
+            k = int(self.count[c])
+            fill.append(k / self.capacity)
+            if k:
+                p = pred_u[(lab == c).nonzero().squeeze(1).to(pred.device)]
+                lo.append(float(_cos_to(p, self.real[c, :k]).min()))
+                hi.append(float(_cos_to(p, self.pred[c, :k]).max()))
+        mean = (lambda v: sum(v) / len(v) if v else None)  # None: no class of the batch has entries yet
+        return {"mem_fill": mean(fill), "cos_real_min": mean(lo), "cos_pred_max": mean(hi)}
+
     #### memory update ####
     @torch.no_grad()
     def update(self, real_x0, pred_x0, labels):

@@ -93,6 +93,8 @@ CONFIG = {
     "ema_decay": Key(0.9999, lo=0, lt=1,
                      help="EMA of the trainable parameters, updated every step, started from the base weights"),
     "seed": Key(0, lo=0, help="seeds everything; the data order of epoch e is a function of (seed, e) only"),
+    "flip": Key(True, "random horizontal flip of each training image (DiT's; off for data whose mirror image is "
+                      "another class or no class, e.g. digits)", type="bool"),
     #### speed
     "device": Key("auto", choices=("auto", "cpu", "cuda"), help="auto (CUDA if available) | cpu | cuda"),
     "bf16": Key(False, "bfloat16 autocast for the forward pass (the authors train in fp32)"),

@@ -203,15 +203,16 @@ class _Images(torch.utils.data.Dataset):
         return self.dataset.load(i, flip=False), self.dataset.items[i][1]
 
 
-def epoch_batches(dataset, cache, vae, perm, first, last, rank, world, batch, gen, device, num_workers):
+def epoch_batches(dataset, cache, vae, perm, first, last, rank, world, batch, gen, device, num_workers, flip=True):
     """(z scaled latents (B, C, h, w), subset-local labels (B,)) for steps first..last-1 of an epoch.
 
     Cache and on-the-fly encoding draw the same random numbers from `gen` (flips, then eps), so with an exact cache
-    (float32, deterministic encoder) both give the same latents."""
+    (float32, deterministic encoder) both give the same latents. flip=False draws the flips all the same (the eps
+    stream does not move) and mirrors nothing."""
     order = [rank_batch(perm, s, rank, world, batch) for s in range(first, last)]
     if cache is not None:
         for idx in order:
-            z, y = cache.draw(idx, gen)
+            z, y = cache.draw(idx, gen, flip=flip)
             yield z.to(device, non_blocking=True), y.to(device)
         return
     if not order:
@@ -220,7 +221,7 @@ def epoch_batches(dataset, cache, vae, perm, first, last, rank, world, batch, ge
                                          num_workers=num_workers, pin_memory=device.type == "cuda",
                                          generator=torch.Generator().manual_seed(0))  # keep off torch's global RNG
     for x, y in loader:
-        flips = torch.rand(x.shape[0], generator=gen) < 0.5  # (B,)
+        flips = (torch.rand(x.shape[0], generator=gen) < 0.5) & flip  # (B,)
         x = torch.where(flips[:, None, None, None], hflip(x), x)  # (B, 3, S, S)
         yield sample_latents(vae, x.to(device), generator=gen), y.to(device)
 
@@ -470,7 +471,7 @@ def _train(cfg, info):
         perm = epoch_permutation(cfg["seed"], epoch, n)
         first, stop = step - epoch * steps_per_epoch, min(steps_per_epoch, total - epoch * steps_per_epoch)
         for z, y in epoch_batches(dataset, cache, vae, perm, first, stop, info.rank, W, b, gens["data"], device,
-                                  cfg["num_workers"]):
+                                  cfg["num_workers"], flip=cfg["flip"]):
             t = torch.randint(0, diffusion.num_steps, (z.shape[0],), generator=gens["noise"], device=device)  # (b,)
             noise = torch.randn(z.shape, generator=gens["noise"], device=device)  # (b, C, h, w)
             with autocast:
@@ -494,6 +495,9 @@ def _train(cfg, info):
             loss.backward()
             opt.step()
             ema.update()
+            probe = None
+            if crit is not None and ((step + 1) % cfg["log_every"] == 0 or step + 1 == total):
+                probe = crit.probe(out["pred_x0"].detach().float(), y)  # before the update, as the losses saw it
             if crit is not None:  # after the loss: the batch never sees itself (SPEC §3)
                 pred = out["pred_x0"].detach().float()
                 if cfg["memory_sync"] == "global" and W > 1:
@@ -510,7 +514,8 @@ def _train(cfg, info):
                 now = time.perf_counter()
                 last = {"step": step, "epoch": epoch, "loss": vals[0] + vals[3] + vals[4], "diffusion": vals[0],
                         "mse": vals[1], "vb": vals[2], "loss_r": vals[3], "loss_d": vals[4],
-                        "lr": opt.param_groups[0]["lr"], "steps_per_s": n_window / (now - t_window)}
+                        "lr": opt.param_groups[0]["lr"], "steps_per_s": n_window / (now - t_window),
+                        **(probe or {})}  # this step's batch on rank 0: memory fill and the losses' cosines
                 if info.is_main:
                     append_jsonl(log_path, last)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", L_r=f"{vals[3]:.2e}", L_d=f"{vals[4]:.2e}")

@@ -1,23 +1,31 @@
 """The whole method on CPU in minutes, on real data: scikit-learn's 1,797 handwritten digits (8x8, 10 classes).
 
-  1. split the digits 70/30 per class into an ImageFolder of 8x8 RGB PNGs: train and held-out test;
-  2. train a tiny class-conditional DiT from scratch on the train split (train_minimax.py --mode base);
-  3. minimax fine-tune it with Difffit (train_minimax.py, the paper's losses and defaults but the epochs);
-  4. sample IPC images per class from the base model and from the fine-tuned one (sample.py, 50 steps, CFG 4);
-  5. train a small ConvNet on each set and on Random real images and the Full train split, 3 repeats each
-     (evaluate.py), test on the held-out split, and print Random / Base model / Minimax / Full.
+  1. split the digits per class into train (56%), val (14%) and test (30%): 8x8 RGB PNG ImageFolders;
+  2. train a tiny class-conditional DiT from scratch on train (train_minimax.py --mode base);
+  3. fine-tune it with Difffit once per fine-tuning arm: losses off (Difffit only) and the minimax losses;
+  4. sample IPC images per class from every generated arm, one folder per sampling seed (sample.py, 25 steps);
+  5. per arm, IPC and seed s: evaluate.py trains a ConvNet (seed s) on the set drawn with seed s and reports its
+     MMD, representativeness and diversity in the features of a network trained on the train split;
+  6. write RESULTS.md: mean ± std over the seeds, and whether Minimax - Base and Minimax - Difffit differ by more
+     than their spread.
 
-    python scripts/demo.py [--out demo_out] [--ipc 10] [--quick]
+    python scripts/demo.py [--out demo_out] [--holdout test|val] [--ipcs 10,50] [--quick]
 
-Every step is one of the real command-line tools (see the commands it prints); rerunning skips finished steps.
+--holdout test (default) runs ARMS and tests on the test split: the final table. --holdout val runs VAL_ARMS,
+the candidates for every choice the demo makes, and tests on the val split (never the test split); the choices
+and their numbers are in configs/demo.yaml. The tools run in this process (their main(argv): the same code as
+`python <tool> ...`, without ~3 s of imports per call); the commands are printed and logged. Rerunning skips
+finished steps and reproduces the same numbers.
 """
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
+from collections import namedtuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -27,24 +35,53 @@ sys.path.insert(0, ROOT)
 
 from utils.config import Key, parse_config  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.io import atomic_save_image, atomic_write_text  # noqa: E402
+from utils.io import atomic_save_image, atomic_write_text, run_info  # noqa: E402
 
 SIZE = 8  # pixels: the digits at their native resolution (the DiT works on 3x8x8 "latents": 16 tokens)
-# step budgets: (full demo, --quick smoke run)
-BASE_EPOCHS = (200, 1)       # base DiT: batch 128 over ~1,250 images -> 9 steps per epoch
-MINIMAX_STEPS = (0, 10)      # fine-tuning steps cap (0 = the epochs decide)
-MINIMAX_EPOCHS = (2, 1)      # fine-tuning at the paper's batch 8 -> ~156 steps per epoch
-SAMPLE_STEPS = (50, 5)       # sampling steps (SPEC §4: 50)
-EVAL_EPOCHS = (200, 2)       # ConvNet epochs on IPC-sized sets (100 images: 2 steps per epoch)
-FULL_EPOCHS = (20, 1)        # ConvNet epochs on the full train split (~20 steps per epoch)
-MAX_IPC = 122                # train images of the smallest digit class after the 70/30 split
-METHODS = [("random", "Random real"), ("base", "Base model"), ("minimax", "Minimax"), ("full", "Full train set")]
+TEST_FRAC, VAL_FRAC = 0.3, 0.2  # test: 30% of each class (as before); val: 20% of the rest
+# budgets: (full demo, --quick smoke run); the choices the val split decides are in configs/demo.yaml
+BASE_EPOCHS = (150, 1)       # base DiT: batch 128 over 1,006 images -> 7 steps per epoch
+QUICK_SAMPLE_STEPS = 5      # --quick; the demo itself samples with configs/demo.yaml's num_steps (25, chosen on val)
+SEEDS = (5, 2)               # seed s: sampling seed of the set AND the ConvNet's seed; one run per set
+EVAL_STEPS = (320, 4)        # SGD steps of every ConvNet run (epochs = steps / batches per epoch), Full included
+EVAL_TESTS = 10              # accuracy tested 10 times per run; "best" is the best of those
+FEATURE_EPOCHS = (20, 1)     # the feature network (MMD / representativeness / diversity) on the train split
+BATCH = 64                   # ConvNet batch (configs/demo.yaml, evaluate.batch_size)
+
+#### Arms: a name, a label, where the set comes from, and the tools' extra arguments #######################
+# source "real": a random coreset of the train split (seed s); "full": the whole train split; "model": samples of
+# the DiT `run` (runs/<run>: "base" or a fine-tuning run made with `train`) drawn with `sample`. Arms with the
+# same run share its checkpoint, so an arm that only samples differently is one line.
+Arm = namedtuple("Arm", "name label source run train sample", defaults=(None, (), ()))
+OFF = ("--rep", "off", "--div", "off")
+ARMS = [
+    Arm("random", "Random real", "real"),
+    Arm("base", "Base model", "model", "base"),
+    Arm("difffit", "Difffit only (rep off, div off)", "model", "difffit", OFF),
+    Arm("minimax", "Minimax", "model", "minimax"),
+    Arm("full", "Full train split", "full"),
+]
+GENERATED_COMPARISONS = (("minimax", "base"), ("minimax", "difffit"))  # (a, b): is a - b larger than the spread?
+# the candidates of every choice (configs/demo.yaml says which won and why), judged on the val split at IPC 10
+S50 = ("--num_steps", "50")  # the candidates judged before 25 steps were tried (SPEC §4's 50)
+VAL_ARMS = [
+    Arm("base-cfg1", "Base model, guidance 1 (none)", "model", "base", (), S50 + ("--cfg_scale", "1")),
+    Arm("base-cfg2", "Base model, guidance 2", "model", "base", (), S50 + ("--cfg_scale", "2")),
+    Arm("base-cfg4", "Base model, guidance 4 (paper)", "model", "base", (), S50 + ("--cfg_scale", "4")),
+    Arm("base-25steps", "Base model, guidance 4, 25 sampling steps", "model", "base", (), ("--num_steps", "25")),
+    Arm("difffit-2ep", "Difffit only, 2 epochs", "model", "v-difffit-2ep", OFF + ("--epochs", "2"), S50),
+    Arm("minimax-2ep", "Minimax, 2 epochs", "model", "v-minimax-2ep", ("--epochs", "2"), S50),
+    Arm("difffit-8ep", "Difffit only, 8 epochs (paper)", "model", "v-difffit-8ep", OFF + ("--epochs", "8"), S50),
+    Arm("minimax-8ep", "Minimax, 8 epochs (paper)", "model", "v-minimax-8ep", ("--epochs", "8"), S50),
+    Arm("minimax-8ep-x10", "Minimax, 8 epochs, lambdas x10", "model", "v-minimax-8ep-x10",
+        ("--epochs", "8", "--lambda_r", "0.02", "--lambda_d", "0.08"), S50),
+]
 
 
 #### Data ######################################################################################################
 
-def prepare_digits(root, test_frac=0.3, seed=0):
-    """root/train/digit<k>/<i>.png and root/test/..., a stratified split of the real digits."""
+def prepare_digits(root, seed=0):
+    """root/{train,val,test}/digit<k>/<i>.png: a stratified split of the real digits (test as in earlier demos)."""
     if os.path.isfile(os.path.join(root, "DONE")):
         return
     from sklearn.datasets import load_digits
@@ -52,48 +89,130 @@ def prepare_digits(root, test_frac=0.3, seed=0):
     rng = np.random.default_rng(seed)
     for k in range(10):
         idx = rng.permutation(np.flatnonzero(digits.target == k))
-        n_test = int(round(len(idx) * test_frac))
-        for split, part in (("test", idx[:n_test]), ("train", idx[n_test:])):
+        n_test = int(round(len(idx) * TEST_FRAC))
+        n_val = int(round((len(idx) - n_test) * VAL_FRAC))
+        parts = (("test", idx[:n_test]), ("val", idx[n_test:n_test + n_val]), ("train", idx[n_test + n_val:]))
+        for split, part in parts:
             for i, j in enumerate(part):
                 img = Image.fromarray((digits.images[j] * (255 / 16)).round().astype(np.uint8))  # 0..16 -> 0..255
                 img = img.resize((SIZE, SIZE), Image.BICUBIC).convert("RGB")  # identity at 8 px
                 atomic_save_image(img, os.path.join(root, split, f"digit{k}", f"{i}.png"))
-    atomic_write_text(os.path.join(root, "DONE"), "sklearn digits, 70/30 split per class, seed 0\n")
+    atomic_write_text(os.path.join(root, "DONE"), f"sklearn digits, test {TEST_FRAC} / val {VAL_FRAC} of the rest "
+                                                  f"per class, seed {seed}\n")
+
+
+def count_images(folder):
+    return sum(len(os.listdir(os.path.join(folder, d))) for d in os.listdir(folder))
 
 
 #### Steps #####################################################################################################
 
-def run(cmd, log):
-    """Run one of the project's scripts; its output goes to the log file, a failure stops the demo."""
-    line = "python " + shlex.join(cmd)
+def run(tool, args, log):
+    """Run one of the project's tools (its main(argv), in this process); its output goes to the log file."""
+    line = "python " + shlex.join([tool, *args])
     print(f"  $ {line}", flush=True)
-    with open(log, "a") as f:
+    main = importlib.import_module(tool[:-len(".py")]).main
+    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         f.write(f"\n$ {line}\n")
         f.flush()
-        rc = subprocess.run([sys.executable] + cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise UserError(f"step failed (exit {rc}): {line}; see {log}")
+        try:
+            main(args)
+        except UserError as e:
+            raise UserError(f"step failed ({e}): {line}; see {log}") from None
 
 
-def summary(results):
-    """{method: (best mean, best std, last mean, last std, n)} from evaluate.py's run records."""
+def fine_tune_runs(arms):
+    """{run name: train args} of the fine-tuning runs the arms need (one run may serve several arms)."""
     runs = {}
+    for a in arms:
+        if a.source == "model" and a.run != "base":
+            if runs.setdefault(a.run, tuple(a.train)) != tuple(a.train):
+                raise UserError(f"arms share run '{a.run}' with different train arguments; give one of them its "
+                                f"own run name")
+    return runs
+
+
+def eval_epochs(n_images, steps):
+    """Epochs that give `steps` SGD steps at the demo's batch (drop_last off: ceil(n / batch) per epoch)."""
+    return max(1, round(steps / -(-n_images // BATCH)))
+
+
+#### Results ###################################################################################################
+
+METRICS = (("best", "best top-1 %", "{:.1f}"), ("last", "last top-1 %", "{:.1f}"), ("mmd_linear", "MMD ↓", "{:.2f}"),
+           ("rep", "real→nearest (1−cos) ↓", "{:.3f}"), ("div", "within-class cos ↓", "{:.3f}"))
+
+
+def collect(results, arms, ipcs, seeds):
+    """{(arm, ipc): {metric: np.array over seeds}} from evaluate.py's run and measure records (the latest of each)."""
+    latest = {}
     with open(results) as f:
         for line in f:
             rec = json.loads(line)
-            if rec.get("kind") == "run":
-                runs.setdefault(rec["method"], {})[rec["seed"]] = (rec["best"], rec["last"])
+            if rec.get("kind") in ("run", "mmd"):
+                latest[(rec["kind"], rec.get("method"), rec.get("ipc"), rec.get("seed"))] = rec
     out = {}
-    for m, by_seed in runs.items():
-        b, l = np.array([v[0] for v in by_seed.values()]), np.array([v[1] for v in by_seed.values()])
-        out[m] = (b.mean(), b.std(), l.mean(), l.std(), len(b))
+    for a in arms:
+        for ipc in ([None] if a.source == "full" else ipcs):
+            vals = {}
+            for key, _, _ in METRICS:
+                kind = "run" if key in ("best", "last") else "mmd"
+                got = [latest[(kind, a.name, ipc, s)][key] for s in seeds if (kind, a.name, ipc, s) in latest]
+                if got:
+                    vals[key] = np.array(got, dtype=float)
+            out[(a.name, ipc)] = vals
     return out
 
 
-def comparison_grid(data, samples, path, per_class=10):
-    """Real train images | base-model samples | minimax samples, a row per class."""
-    panels = [("real", os.path.join(data, "train")), ("base model", os.path.join(samples, "base")),
-              ("minimax", os.path.join(samples, "minimax"))]
+def _ms(v, fmt):
+    return f"{_f(fmt, v.mean())} ± {_f(fmt, v.std())}" if v is not None and len(v) else "—"
+
+
+def _f(fmt, x):
+    s = fmt.format(float(x))
+    return s[1:] if s.startswith("-") and float(s) == 0 else s  # "-0.00" -> "0.00"
+
+
+def results_table(stats, arms, ipcs, n_train):
+    lines = ["| Set | IPC | images | " + " | ".join(h for _, h, _ in METRICS) + " |",
+             "|---|---|---|" + "---|" * len(METRICS)]
+    for ipc in ipcs + [None]:
+        for a in arms:
+            if (a.source == "full") != (ipc is None):
+                continue
+            vals = stats[(a.name, ipc)]
+            cells = [_ms(vals.get(k), fmt) for k, _, fmt in METRICS]
+            imgs = n_train if ipc is None else 10 * ipc
+            lines.append(f"| {a.label} | {ipc or 'all'} | {imgs} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparisons(stats, ipcs, pairs):
+    """Difference of means and its spread sqrt(sd_a^2 + sd_b^2) (the std of one draw of a minus one of b)."""
+    lines = ["| IPC | difference | " + " | ".join(h for _, h, _ in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for ipc in ipcs:
+        for a, b in pairs:
+            if (a, ipc) not in stats or (b, ipc) not in stats:
+                continue
+            cells = []
+            for key, _, fmt in METRICS:
+                va, vb = stats[(a, ipc)].get(key), stats[(b, ipc)].get(key)
+                if va is None or vb is None:
+                    cells.append("—")
+                    continue
+                d, spread = va.mean() - vb.mean(), float(np.sqrt(va.var() + vb.var()))
+                verdict = "beyond spread" if abs(d) > spread else "within spread"
+                # seed s is the same sampling noise and ConvNet seed in both arms: the per-seed differences
+                paired = f"; paired sd {_f(fmt, (va - vb).std())}" if len(va) == len(vb) else ""
+                cells.append(f"{_f(fmt, d)} (spread {_f(fmt, spread)}, {verdict}{paired})")
+            lines.append(f"| {ipc} | {a} − {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_grid(data, samples, arms, path, per_class=10):
+    """Real train images | seed-0 samples of each generated arm, a row per class."""
+    panels = [("real", os.path.join(data, "train"))] + [(a.name, os.path.join(samples, a.name, "s0"))
+                                                         for a in arms if a.source == "model"]
     tile, gap, head = SIZE * 4, 12, 14
     w = len(panels) * per_class * tile + (len(panels) - 1) * gap
     img = Image.new("RGB", (w, head + 10 * tile), "white")
@@ -110,72 +229,127 @@ def comparison_grid(data, samples, path, per_class=10):
     atomic_save_image(img, path)
 
 
+#### Main ######################################################################################################
+
+MAX_IPC = 98  # train images of the smallest digit class (174: 52 test, 24 val, 98 train)
 CONFIG = {
     "out": Key("demo_out", path="out_dir", required=True, help="output folder (rerun to continue)"),
-    # the smallest digit class keeps 122 of its 174 images for training; Random IPC k selects k of them
-    "ipc": Key(10, lo=1, hi=MAX_IPC, help="images per class to sample and to select at random"),
+    "holdout": Key("test", choices=("test", "val"),
+                   help="test: ARMS, the final table; val: VAL_ARMS, the candidates for the demo's choices"),
+    # the diversity measure compares pairs within a class: IPC >= 2; Random IPC k selects k train images per class
+    "ipcs": Key(None, type="list", items="int", lo=2, hi=MAX_IPC, null=True,
+                help="images per class, a comma list (null: 10,50 on test, 10 on val)"),
+    "threads": Key(1, lo=1, help="torch CPU threads (1: fastest and steady for these tiny models on a shared "
+                                 "machine; results depend on it)"),
     "quick": Key(False, help="a smoke run of every step with tiny budgets (tests)"),
 }
 
 
 def main(argv=None):
     args = argparse.Namespace(**parse_config(CONFIG, argv, description=__doc__, prog="demo.py"))
+    ipcs = sorted(set(args.ipcs or ([10, 50] if args.holdout == "test" else [10])))
+    import torch
+    torch.set_num_threads(args.threads)
     q = int(args.quick)
+    arms = ARMS if args.holdout == "test" else VAL_ARMS
+    seeds = list(range(SEEDS[q]))
     out = os.path.abspath(args.out)
+    if os.path.isfile(out):
+        raise UserError(f"--out {out} is a file; pass a folder")
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "demo.log")
-    data, samples, runs = os.path.join(out, "data"), os.path.join(out, "samples"), os.path.join(out, "runs")
-    results = os.path.join(out, "eval", "results.jsonl")
+    data, samples, runs = (os.path.join(out, d) for d in ("data", "samples", "runs"))
+    results = os.path.join(out, "eval", f"{args.holdout}.jsonl")
     cfg = ["--config", os.path.join(ROOT, "configs", "demo.yaml")]
     cache = ["--cache_dir", os.path.join(out, "cache")]
-    t0 = time.time()
+    t0, times = time.time(), {}
 
-    print(f"[1/5] real digits -> {data}/train, {data}/test", flush=True)
+    print(f"[1/5] real digits -> {data}/train, val, test", flush=True)
     prepare_digits(data)
-    train_dir, test_dir = os.path.join(data, "train"), os.path.join(data, "test")
+    train_dir, holdout_dir = os.path.join(data, "train"), os.path.join(data, args.holdout)
+    n_train = count_images(train_dir)
 
     print("[2/5] base DiT from scratch (DiT-T/2, pixel space)", flush=True)
-    run(["train_minimax.py", *cfg, *cache, "--mode", "base", "--data_dir", train_dir,
-         "--run_dir", os.path.join(runs, "base"),
-         "--batch_size", "128", "--lr", "0.003", "--ema_decay", "0.995", "--epochs", str(BASE_EPOCHS[q])], log)
-    base_ckpt = os.path.join(runs, "base", "checkpoint.pt")
+    t = time.time()
+    run("train_minimax.py", [*cfg, *cache, "--mode", "base", "--data_dir", train_dir,
+                             "--run_dir", os.path.join(runs, "base"), "--batch_size", "128", "--lr", "0.003",
+                             "--ema_decay", "0.995", "--epochs", str(BASE_EPOCHS[q])], log)
+    ckpts = {"base": os.path.join(runs, "base", "checkpoint.pt")}
+    times["base DiT"] = time.time() - t
 
-    print("[3/5] minimax fine-tuning with Difffit (paper defaults: batch 8, lr 1e-3, N_M 64)", flush=True)
-    run(["train_minimax.py", *cfg, *cache, "--base", base_ckpt, "--data_dir", train_dir,
-         "--run_dir", os.path.join(runs, "minimax"), "--epochs", str(MINIMAX_EPOCHS[q]), "--ema_decay", "0.99",
-         "--max_steps", str(MINIMAX_STEPS[q])], log)
+    print("[3/5] Difffit fine-tuning per fine-tuning arm (configs/demo.yaml: batch 8, lr 1e-3, N_M 64)", flush=True)
+    t = time.time()
+    for name, extra in fine_tune_runs(arms).items():
+        steps = ["--max_steps", "10", "--epochs", "1"] if q else []
+        run("train_minimax.py", [*cfg, *cache, "--base", ckpts["base"], "--data_dir", train_dir,
+                                 "--run_dir", os.path.join(runs, name), *extra, *steps], log)
+        ckpts[name] = os.path.join(runs, name, "checkpoint.pt")
+    times["fine-tuning"] = time.time() - t
 
-    print(f"[4/5] sampling IPC {args.ipc} from the base model and the minimax model", flush=True)
-    for name, ckpt in (("base", base_ckpt), ("minimax", os.path.join(runs, "minimax", "checkpoint.pt"))):
-        run(["sample.py", *cfg, "--train_dir", train_dir, "--ckpt", ckpt, "--ipc", str(args.ipc),
-             "--num_steps", str(SAMPLE_STEPS[q]), "--out", os.path.join(samples, name)], log)
+    print(f"[4/5] sampling IPC {max(ipcs)} per generated arm, seeds {seeds} (IPC k = a folder's first k images)",
+          flush=True)
+    t = time.time()
+    for a in arms:
+        if a.source == "model":
+            for s in seeds:
+                steps = ["--num_steps", str(QUICK_SAMPLE_STEPS)] if q else []
+                run("sample.py", [*cfg, "--train_dir", train_dir, "--ckpt", ckpts[a.run], "--ipc", str(max(ipcs)),
+                                  *steps, "--seed", str(s), *a.sample,
+                                  "--out", os.path.join(samples, a.name, f"s{s}")], log)
+    times["sampling"] = time.time() - t
 
-    print("[5/5] ConvNet on each set, 3 repeats, tested on the held-out real digits", flush=True)
-    ev = ["evaluate.py", *cfg, "--val", test_dir, "--results", results]
-    for name in ("random", "base", "minimax"):
-        train = train_dir if name == "random" else os.path.join(samples, name)
-        sel = ["--select", "random"] if name == "random" else []
-        run(ev + ["--train", train, *sel, "--ipc", str(args.ipc), "--method", name, "--epochs", str(EVAL_EPOCHS[q])],
-            log)
-    run(ev + ["--train", train_dir, "--select", "full", "--method", "full", "--epochs", str(FULL_EPOCHS[q])], log)
+    print(f"[5/5] per arm, IPC and seed: ConvNet on the set ({EVAL_STEPS[q]} SGD steps), tested on {args.holdout}; "
+          f"MMD, representativeness, diversity against train", flush=True)
+    t = time.time()
+    ev = ["evaluate.py", *cfg, "--val", holdout_dir, "--results", results, "--mmd_real", train_dir, "--repeat", "1",
+          "--feature_arch", "convnet6", "--feature_epochs", str(FEATURE_EPOCHS[q])]
+    for ipc in ipcs + [None]:
+        for a in arms:
+            if (a.source == "full") != (ipc is None):
+                continue
+            n = n_train if ipc is None else 10 * ipc
+            epochs = eval_epochs(n, EVAL_STEPS[q])
+            common = ["--method", a.name, "--epochs", str(epochs), "--eval_every", str(max(1, epochs // EVAL_TESTS))]
+            for s in seeds:
+                if a.source == "model":
+                    src = ["--train", os.path.join(samples, a.name, f"s{s}"), "--ipc", str(ipc)]
+                elif a.source == "real":
+                    src = ["--train", train_dir, "--select", "random", "--ipc", str(ipc)]
+                else:
+                    src = ["--train", train_dir, "--select", "full"]
+                run(ev[0], ev[1:] + src + common + ["--seed", str(s)], log)
+    times["evaluation"] = time.time() - t
 
-    grid = os.path.join(out, "demo_grid.png")
-    comparison_grid(data, samples, grid)
-    stats = summary(results)
-    lines = [f"Digits demo: ConvNet top-1 (%) on {sum(len(os.listdir(os.path.join(test_dir, d))) for d in os.listdir(test_dir))} "
-             f"held-out real digits, mean ± std over 3 runs; IPC {args.ipc} except Full", "",
-             "| Training set | images | best | last |", "|---|---|---|---|"]
-    n_train = sum(len(os.listdir(os.path.join(train_dir, d))) for d in os.listdir(train_dir))
-    for m, label in METHODS:
-        if m in stats:
-            b, bs, l, ls, n = stats[m]
-            imgs = n_train if m == "full" else 10 * args.ipc
-            lines.append(f"| {label} | {imgs} | {b:.1f} ± {bs:.1f} | {l:.1f} ± {ls:.1f} |")
-    table = "\n".join(lines) + "\n"
-    atomic_write_text(os.path.join(out, "RESULTS.md"), table + f"\nTotal time {time.time() - t0:.0f} s.\n")
-    print("\n" + table)
-    print(f"sample grid (real | base model | minimax): {grid}")
-    print(f"done in {time.time() - t0:.0f} s; logs in {log}")
+    #### tables
+    gen = [a for a in arms if a.source == "model"]
+    grid = os.path.join(out, f"demo_grid{'' if args.holdout == 'test' else '_val'}.png")
+    comparison_grid(data, samples, arms, grid)
+    stats = collect(results, arms, ipcs, seeds)
+    pairs = GENERATED_COMPARISONS if args.holdout == "test" else ()
+    total = time.time() - t0
+    load = os.getloadavg()
+    head = (f"Digits demo on the {args.holdout} split ({count_images(holdout_dir)} real digits; train split "
+            f"{n_train}). Mean ± std over {len(seeds)} seeds: seed s draws the set (sampling seed, or the random "
+            f"coreset) and seeds the ConvNet (width 32, {EVAL_STEPS[q]} SGD steps, tested {EVAL_TESTS} times: best "
+            f"and last). Measures in the features of a ConvNet trained on the train split, against the train split: "
+            f"MMD (linear, Table 2), representativeness = mean over real images of the cosine distance to the "
+            f"nearest image of the set, diversity = mean within-class cosine (data/eval_measures.py).\n")
+    body = [head, results_table(stats, arms, ipcs, n_train)]
+    if pairs:
+        body += ["\nMinimax against its controls: difference of means; spread = sqrt(sd_a² + sd_b²), the sd of one "
+                 "draw of each; paired sd = sd over seeds of (a_s − b_s), the arms sharing seed s's sampling noise "
+                 "and ConvNet seed:\n",
+                 comparisons(stats, ipcs, pairs)]
+    panels = " | ".join(a.name for a in gen)
+    body.append(f"\nSample grid (real | {panels}, sampling seed 0): {os.path.basename(grid)}\n")
+    body.append("\nWall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s "
+                f"with {args.threads} torch thread(s) on {os.cpu_count()} CPUs, load average {load[0]:.2f} / "
+                f"{load[1]:.2f} / {load[2]:.2f} at the end; torch {run_info().get('torch')}.\n")
+    text = "".join(body)
+    name = "RESULTS.md" if args.holdout == "test" else "VALIDATION.md"
+    atomic_write_text(os.path.join(out, name), text)
+    print("\n" + text)
+    print(f"done in {total:.0f} s; {os.path.join(out, name)}; logs in {log}")
 
 
 if __name__ == "__main__":

@@ -1,36 +1,74 @@
-"""The README's main command, as a smoke run: every step of scripts/demo.sh on the real digits, tiny budgets."""
+"""The README's main command, as a smoke run: every step of scripts/demo.sh on the real digits, tiny budgets;
+and the demo's bookkeeping (arms sharing runs, the signal-versus-spread verdict) on constructed numbers."""
 import json
 import os
 import subprocess
 
+import numpy as np
+import pytest
 from PIL import Image
+
+from scripts.demo import ARMS, Arm, comparisons, fine_tune_runs
+from scripts.demo_gradients import main as gradients_main
+from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_demo_quick_end_to_end(tmp_path):
+def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    cmd = ["bash", os.path.join(ROOT, "scripts", "demo.sh"), "--out", str(out), "--quick", "--ipc", "2"]
+    cmd = ["bash", os.path.join(ROOT, "scripts", "demo.sh"), "--out", str(out), "--quick", "--ipcs", "2,3"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    # the real digits, split 70/30 per class, at 8 px
-    n_train = sum(len(os.listdir(out / "data" / "train" / d)) for d in os.listdir(out / "data" / "train"))
-    n_test = sum(len(os.listdir(out / "data" / "test" / d)) for d in os.listdir(out / "data" / "test"))
-    assert (n_train, n_test) == (1258, 539)
-    for name in ("base", "minimax"):
-        for k in range(10):
-            assert sorted(os.listdir(out / "samples" / name / f"digit{k}")) == ["0.png", "1.png"]
-    runs = [json.loads(ln) for ln in open(out / "eval" / "results.jsonl")]
-    per_method = {}
-    for r in runs:
-        if r["kind"] == "run":
-            per_method.setdefault(r["method"], set()).add(r["seed"])
-    assert per_method == {m: {0, 1, 2} for m in ("random", "base", "minimax", "full")}
+    # the real digits, split per class: test 30% (as before), val 20% of the rest, train the remainder
+    sizes = {s: sum(len(os.listdir(out / "data" / s / d)) for d in os.listdir(out / "data" / s))
+             for s in ("train", "val", "test")}
+    assert sizes == {"train": 1008, "val": 250, "test": 539}
+    generated = [a.name for a in ARMS if a.source == "model"]
+    assert generated == ["base", "difffit", "minimax"]
+    for name in generated:
+        for s in (0, 1):  # one folder per sampling seed, at the largest IPC
+            for k in range(10):
+                assert sorted(os.listdir(out / "samples" / name / f"s{s}" / f"digit{k}")) == ["0.png", "1.png", "2.png"]
+    a, b = (np.asarray(Image.open(out / "samples" / "minimax" / f"s{s}" / "digit0" / "0.png")) for s in (0, 1))
+    assert not np.array_equal(a, b)  # the seeds draw different sets
+    recs = [json.loads(ln) for ln in open(out / "eval" / "test.jsonl")]
+    got = {(r["kind"], r["method"], r["ipc"], r["seed"]) for r in recs if r["kind"] in ("run", "mmd")}
+    want = {(k, m, i, s) for k in ("run", "mmd") for m in ("random", *generated) for i in (2, 3) for s in (0, 1)}
+    want |= {("run", "full", None, 0), ("run", "full", None, 1), ("mmd", "full", None, 0)}  # one set: measured once
+    assert got == want
+    full = [r for r in recs if r["kind"] == "mmd" and r["method"] == "full"]
+    assert full[0]["mmd_linear"] == pytest.approx(0, abs=1e-9)  # the train split against itself
     table = open(out / "RESULTS.md").read()
-    for label in ("Random real", "Base model", "Minimax", "Full train set"):
+    for label in ("Random real", "Base model", "Difffit only (rep off, div off)", "Minimax", "Full train split"):
         assert f"| {label} |" in table
-    assert Image.open(out / "demo_grid.png").size == (3 * 10 * 32 + 2 * 12, 14 + 10 * 32)
-    # rerunning finds every step finished and changes nothing
-    before = open(out / "eval" / "results.jsonl").read()
+    assert "| 2 | minimax − base |" in table and "| 3 | minimax − difffit |" in table
+    assert Image.open(out / "demo_grid.png").size == (4 * 10 * 32 + 3 * 12, 14 + 10 * 32)
+    fill = [json.loads(ln) for ln in open(out / "runs" / "minimax" / "log.jsonl")][-1]
+    assert 0 < fill["mem_fill"] <= 1 and -1 <= fill["cos_pred_max"] <= 1 and fill["loss_d"] > 0
+    gradients_main([str(out), "--batches", "2"])  # the gradient probe on the demo's base model
+    line = capsys.readouterr().out
+    ratios = [float(x.split(",")[0]) for x in line.split("/ diffusion ")[1:]]
+    assert line.startswith("median gradient norm over 2 batches") and len(ratios) == 2 and min(ratios) > 0
+    # rerunning finds every step finished and changes nothing, the table's numbers included
+    before = open(out / "eval" / "test.jsonl").read()
     again = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert again.returncode == 0 and open(out / "eval" / "results.jsonl").read() == before
+    assert again.returncode == 0 and open(out / "eval" / "test.jsonl").read() == before
+    assert open(out / "RESULTS.md").read().split("\nWall time")[0] == table.split("\nWall time")[0]
+
+
+def test_arms_sharing_a_run_must_agree_on_its_training():
+    same = [Arm("m", "M", "model", "minimax"), Arm("mg", "M + guidance", "model", "minimax", (), ("--x", "1"))]
+    assert fine_tune_runs(same) == {"minimax": ()}  # a sampling-only variant reuses the checkpoint
+    clash = [Arm("m", "M", "model", "ft"), Arm("d", "D", "model", "ft", ("--rep", "off"))]
+    with pytest.raises(UserError, match="arms share run 'ft'"):
+        fine_tune_runs(clash)
+
+
+def test_verdict_compares_the_difference_with_the_spread():
+    stats = {("minimax", 10): {"best": np.array([80.0, 82.0])},  # mean 81, sd 1
+             ("base", 10): {"best": np.array([70.0, 72.0])},     # mean 71, sd 1: 10 apart, spread sqrt 2
+             ("difffit", 10): {"best": np.array([79.0, 81.0])}}  # mean 80: 1 apart, within sqrt 2
+    text = comparisons(stats, [10], (("minimax", "base"), ("minimax", "difffit")))
+    assert "| 10 | minimax − base | 10.0 (spread 1.4, beyond spread; paired sd 0.0) |" in text
+    assert "| 10 | minimax − difffit | 1.0 (spread 1.4, within spread; paired sd 0.0) |" in text

@@ -85,8 +85,17 @@ def test_herding_feature_net_cached_and_mmd(data):
     mmd = run_evaluation(train, val, arch="none", mmd_real=train, ipc=3, **dict(kw, log=logs.append))
     assert any("feature net loaded" in m for m in logs) and os.listdir(tmp / "h" / "feature_net") == cache
     assert mmd["mmd"]["mmd_linear"] > 0 and len(mmd["mmd"]["mmd_linear_per_class"]) == 3
-    rnd = run_evaluation(train, val, arch="convnet6", select="random", ipc=2, **kw)
-    assert rnd["convnet6"]["runs"][0]["n_train"] == 6
+    assert 0 < mmd["mmd"]["rep"] < 2 and -1 <= mmd["mmd"]["div"] <= 1
+    # a random coreset is measured too, in the same network's features (whatever --seed), and read back on rerun
+    rnd = run_evaluation(train, val, arch="convnet6", select="random", ipc=2, mmd_real=train, seed=5, **kw)
+    assert rnd["convnet6"]["runs"][0]["n_train"] == 6 and os.listdir(tmp / "h" / "feature_net") == cache
+    lines = open(tmp / "h" / "results.jsonl").read()
+    again = run_evaluation(train, val, arch="convnet6", select="random", ipc=2, mmd_real=train, seed=5, **kw)
+    assert again["mmd"] == rnd["mmd"] and open(tmp / "h" / "results.jsonl").read() == lines
+    full = run_evaluation(train, val, arch="none", select="full", mmd_real=train, **kw)["mmd"]
+    assert full["mmd_linear"] == pytest.approx(0, abs=1e-9) and full["rep"] == pytest.approx(0, abs=1e-9)
+    with pytest.raises(UserError, match="needs mmd_real = train"):
+        run_evaluation(train, val, arch="none", select="kcenter", ipc=2, mmd_real=val, **kw)
 
 
 def _bad(tmp, train, val, **extra):

@@ -299,3 +299,17 @@ def test_bad_arguments():
         crit(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="subset-local"):
         crit(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 2]))
+
+
+def test_probe_reports_fill_and_the_pairs_the_losses_use():
+    crit = _crit(K=2, D=3, cap=4, lambda_r=0.5, lambda_d=0.25)
+    y = torch.tensor([0, 0])
+    assert crit.probe(torch.randn(2, 3), y) == {"mem_fill": 0.0, "cos_real_min": None, "cos_pred_max": None}
+    crit.update(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), torch.tensor([[1.0, 1.0, 0], [0, 0, 1.0]]), y)
+    pred = torch.tensor([[1.0, 0, 0], [1.0, 1.0, 0]])
+    got = crit.probe(pred, y)
+    # least cosine to the real memory: (1,0,0) vs (0,1,0) = 0; largest to the predicted memory: (1,1,0) with itself
+    assert got == pytest.approx({"mem_fill": 0.5, "cos_real_min": 0.0, "cos_pred_max": 1.0}, abs=1e-6)
+    loss_r, loss_d = crit.losses(pred, torch.zeros(2, 3), y)  # one class: L_r = l_r (1 - min), L_d = l_d max
+    assert float(loss_r) == pytest.approx(0.5 * (1 - got["cos_real_min"]), abs=1e-6)
+    assert float(loss_d) == pytest.approx(0.25 * got["cos_pred_max"], abs=1e-6)

@@ -193,8 +193,9 @@ def test_scripts_refuse_bad_values(place, capsys):
     assert cli(reproduce, ["--subsett", "x"], capsys) == (2, "error: unrecognized arguments: --subsett x; see "
                                                              "reproduce.py --help\n")
     (place / "bad.yaml").unlink()
-    for argv, word in ((["--ipc", "0"], "ipc"), (["--ipc", "500"], "ipc"), (["--ipc", "x"], "ipc"),
-                       (["--out", str(place / "F" / "d")], "--out"), (["--ipcs", "3"], "did you mean 'ipc'")):
+    for argv, word in ((["--ipcs", "1"], "ipcs"), (["--ipcs", "500"], "ipcs"), (["--ipcs", "x"], "ipcs"),
+                       (["--holdout", "train"], "holdout"), (["--threads", "0"], "threads"),
+                       (["--out", str(place / "F" / "d")], "--out"), (["--ipc", "3"], "did you mean 'ipcs'")):
         code, err = cli(demo, argv, capsys)
         assert code == 2 and err.count("\n") == 1 and word in err, (argv, err)
     assert snapshot(place) == before

@@ -338,3 +338,35 @@ def test_resume_refusals_leave_checkpoint_untouched(env, straight, half, capsys,
     err = cli_error(env, capsys, monkeypatch, ["--run_dir", str(env["root"] / "new"), "--resume", "/nonexistent.pt"])
     assert "resume /nonexistent.pt not found" in err
     assert file_sha256(ckpt) == before and hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
+
+
+def test_flip_off_never_mirrors_and_keeps_the_noise_stream(tmp_path):
+    """The digits demo trained its DiT on mirrored digits half the time (a mirrored 3 is no digit): flip=False
+    must give exactly the stored images, on the fly and from the latent cache, with the same eps draws after."""
+    from data.folder import SubsetImageFolder
+    from data.latent_cache import build_latent_cache
+    from data.subsets import resolve_subset
+    from models.trainer import epoch_batches
+    from models.vae import load_vae
+    rng = np.random.RandomState(0)
+    for c in ("a", "b"):
+        os.makedirs(tmp_path / "img" / c)
+        for i in range(4):  # left half bright, right half dark: a mirror is easy to tell
+            x = np.zeros((8, 8, 3), np.uint8)
+            x[:, :4] = 200 + rng.randint(0, 50, (8, 4, 3))
+            Image.fromarray(x).save(tmp_path / "img" / c / f"{i}.png")
+    subset = resolve_subset("custom", str(tmp_path / "img"))
+    ds = SubsetImageFolder(str(tmp_path / "img"), subset, 8, flip=False)
+    vae = load_vae("pixel")
+    want = torch.stack([ds.load(i, flip=False) for i in range(8)]) * vae.scale  # (8, 3, 8, 8)
+    perm = torch.arange(8)
+    cache = build_latent_cache(ds, vae, str(tmp_path / "cache"), dtype="float32", progress=False)
+    for source in (None, cache):
+        got = {}
+        for flip in (False, True):
+            gen = torch.Generator().manual_seed(3)
+            (z, y), = list(epoch_batches(ds, source, vae, perm, 0, 1, 0, 1, 8, gen, torch.device("cpu"), 0, flip=flip))
+            got[flip] = (z, torch.rand(1, generator=gen))
+        assert torch.equal(got[False][0], want)  # nothing mirrored
+        assert not torch.equal(got[True][0], want)  # with flips, some are (seed 3 draws at least one)
+        assert torch.equal(got[False][1], got[True][1])  # the generator advanced the same way

@@ -16,7 +16,8 @@ from data.eval_augment import PilRdedTrainSet, rded_train_batch
 from data.eval_data import (check_readable, class_files, decode_all, decode_cached, fingerprint, flatten,
                             numbered_to_wnids, take_first)
 from data.eval_results import finished_runs, record, results_path, run_key, save_curves
-from data.eval_select import feature_mmd, herding, kcenter, random_select
+from data.eval_measures import KEYS as MEASURES, set_measures
+from data.eval_select import herding, kcenter, random_select
 from data.subsets import Subset, list_class_dirs, resolve_subset
 from models.classifiers import CLASSIFIERS, RDED_ALIASES
 from models.evaluation.common import (DeviceTest, DeviceTrain, PilTest, PilTrain, make_model, memory_format_for,
@@ -106,15 +107,18 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
                    image_size=224, epochs=None, batch_size=None, test_batch_size=256, lr=None, momentum=0.9,
                    weight_decay=None, eval_every=None, depth=None, device="auto", amp="none", data_path="gpu",
                    workers=2, compile=False, results=None, mmd_real=None, feature_arch="resnetap10",
-                   feature_epochs=None, width=None, method=None, protocol="idc", teacher="resnet18",
+                   feature_epochs=None, feature_seed=0, width=None, method=None,
+                   protocol="idc", teacher="resnet18",
                    teacher_weights=None, teacher_subset=False, temperature=rded.TEMPERATURE, factor=rded.FACTOR,
                    crop_scale=None, best_after=None, test_resize=None, val_cache="auto", ckpt_every=None,
                    keep_weights=False, debug_kill_epoch=0, log=print, config=None):
     """Evaluate `train` (a class-per-folder image dir) on `val` for each arch in `arch` (list or comma string).
 
     Returns {arch: {"best_mean", "best_std", "last_mean", "last_std", "n_runs", "runs": [run records]}} plus
-    "mmd": {...} when `mmd_real` is given. Finished runs found in the results JSONL are reused, not retrained;
-    an unfinished one continues from its state file. `method` is a tag written into every record (scripts/tables.py
+    "mmd": {...} when `mmd_real` is given: MMD, representativeness and diversity of the set actually trained on
+    (the folder, or the coreset `select` picks) in the features of one network trained on `mmd_real`
+    (data/eval_measures.py). Finished runs and measures found in the results JSONL are reused, not redone;
+    an unfinished run continues from its state file. `method` is a tag written into every record (scripts/tables.py
     groups by it); `width` narrows convnet6. `protocol` "rded" trains with a frozen teacher's soft labels."""
     args = {k: v for k, v in locals().items() if k not in ("log", "config")}  # the parameters, as given
     if protocol not in PROTOCOLS:
@@ -196,7 +200,7 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
         ref_paths, real_labels = flatten(ref, wnids)
         real_u8 = decode_all(ref_paths, image_size, workers)
         feat_model, feat_path = feature_net(feature_arch, real_u8, real_labels, test, C, image_size, None, fhp, dev,
-                                            amp, seed, os.path.join(out_dir, "feature_net"),
+                                            amp, feature_seed, os.path.join(out_dir, "feature_net"),
                                             fingerprint(ref_paths), log)
         config["feature_net"] = feat_path
     if select in ("random", "herding", "kcenter"):
@@ -221,14 +225,23 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
     info = run_info()
     summary = {}
 
-    #### MMD between the train folder and the real set (paper Table 2)
+    #### MMD, representativeness and diversity of the set against the real set (paper Table 2)
     if mmd_real:
-        syn_u8 = decode_all(train_paths, image_size, workers)
-        mmd = feature_mmd(extract_features(feat_model, syn_u8, dev, amp), torch.as_tensor(train_labels),
-                          extract_features(feat_model, real_u8, dev, amp), torch.as_tensor(real_labels), C)
-        log(f"MMD to {mmd_real}: linear {mmd['mmd_linear']:.4f}  rbf {mmd['mmd_rbf']:.6f}")
-        record(out_path, dict(kind="mmd", time=time.time(), train=train, subset=sub.name, select=select, ipc=ipc,
-                              fingerprint=fp["train"], **mmd, config=config, info=info))
+        mkey = run_key(dict(measures=1, image_size=image_size, amp=amp, select=select, ipc=ipc, method=method),
+                       dict(train=fp["train"], real=fingerprint(ref_paths), net=os.path.basename(feat_path)),
+                       feature_arch, feature_seed)
+        mmd = finished_runs(out_path, kind="mmd").get(mkey)
+        if mmd is not None:
+            mmd = {k: mmd[k] for k in MEASURES}
+        else:
+            syn_u8 = decode_all(train_paths, image_size, workers)
+            mmd = set_measures(extract_features(feat_model, syn_u8, dev, amp), torch.as_tensor(train_labels),
+                               extract_features(feat_model, real_u8, dev, amp), torch.as_tensor(real_labels), C)
+            record(out_path, dict(kind="mmd", key=mkey, time=time.time(), method=method, train=train,
+                                  subset=sub.name, select=select, ipc=ipc, seed=seed, mmd_real=mmd_real,
+                                  fingerprint=fp["train"], **mmd, config=config, info=info))
+        log(f"measures against {mmd_real}: MMD linear {mmd['mmd_linear']:.4f}  rbf {mmd['mmd_rbf']:.6f}  "
+            f"representativeness {mmd['rep']:.4f}  diversity {mmd['div']:.4f}")
         summary["mmd"] = mmd
     if not archs:
         return summary
