@@ -54,14 +54,18 @@ BATCH = 64                   # ConvNet batch (configs/demo.yaml, evaluate.batch_
 # same run share its checkpoint, so an arm that only samples differently is one line.
 Arm = namedtuple("Arm", "name label source run train sample", defaults=(None, (), ()))
 OFF = ("--rep", "off", "--div", "off")
+# MGD³ mode guidance (sample.py --guidance mode): lambda 0.1 while the step index > 12 of 24 -> 0 (MGD³: 25 of 50),
+# modes = k-means (k = IPC) of each class's train images ('pixel' latents); IPC k is sampled on its own
+MODE = ("--guidance", "mode", "--mode_stop", "12", "--modes_vae", "pixel")
 ARMS = [
     Arm("random", "Random real", "real"),
     Arm("base", "Base model", "model", "base"),
     Arm("difffit", "Difffit only (rep off, div off)", "model", "difffit", OFF),
     Arm("minimax", "Minimax", "model", "minimax"),
+    Arm("minimax-mode", "Minimax + mode guidance (MGD³)", "model", "minimax", (), MODE),
     Arm("full", "Full train split", "full"),
 ]
-GENERATED_COMPARISONS = (("minimax", "base"), ("minimax", "difffit"))  # (a, b): is a - b larger than the spread?
+GENERATED_COMPARISONS = (("minimax", "base"), ("minimax", "difffit"), ("minimax-mode", "minimax"))  # (a, b): is a - b larger than the spread?
 # the candidates of every choice (configs/demo.yaml says which won and why), judged on the val split at IPC 10
 S50 = ("--num_steps", "50")  # the candidates judged before 25 steps were tried (SPEC §4's 50)
 VAL_ARMS = [
@@ -130,6 +134,16 @@ def fine_tune_runs(arms):
                 raise UserError(f"arms share run '{a.run}' with different train arguments; give one of them its "
                                 f"own run name")
     return runs
+
+
+def guided(arm):
+    """Mode guidance: the modes are the k-means of each IPC, so IPC k is not the first k images of a larger set."""
+    return "--guidance" in arm.sample
+
+
+def sample_dir(samples, arm, seed, ipc):
+    """samples/<arm>/s<seed> (IPC k = its first k images), or s<seed>-ipc<k> for a guided arm."""
+    return os.path.join(samples, arm.name, f"s{seed}-ipc{ipc}" if guided(arm) else f"s{seed}")
 
 
 def eval_epochs(n_images, steps):
@@ -209,9 +223,9 @@ def comparisons(stats, ipcs, pairs):
     return "\n".join(lines) + "\n"
 
 
-def comparison_grid(data, samples, arms, path, per_class=10):
-    """Real train images | seed-0 samples of each generated arm, a row per class."""
-    panels = [("real", os.path.join(data, "train"))] + [(a.name, os.path.join(samples, a.name, "s0"))
+def comparison_grid(data, samples, arms, ipc, path, per_class=10):
+    """Real train images | seed-0 samples (IPC `ipc`) of each generated arm, a row per class."""
+    panels = [("real", os.path.join(data, "train"))] + [(a.name, sample_dir(samples, a, 0, ipc))
                                                          for a in arms if a.source == "model"]
     tile, gap, head = SIZE * 4, 12, 14
     w = len(panels) * per_class * tile + (len(panels) - 1) * gap
@@ -286,16 +300,18 @@ def main(argv=None):
         ckpts[name] = os.path.join(runs, name, "checkpoint.pt")
     times["fine-tuning"] = time.time() - t
 
-    print(f"[4/5] sampling IPC {max(ipcs)} per generated arm, seeds {seeds} (IPC k = a folder's first k images)",
-          flush=True)
+    print(f"[4/5] sampling IPC {max(ipcs)} per generated arm, seeds {seeds} (IPC k = a folder's first k images; "
+          f"guided arms: every IPC on its own)", flush=True)
     t = time.time()
     for a in arms:
         if a.source == "model":
             for s in seeds:
-                steps = ["--num_steps", str(QUICK_SAMPLE_STEPS)] if q else []
-                run("sample.py", [*cfg, "--train_dir", train_dir, "--ckpt", ckpts[a.run], "--ipc", str(max(ipcs)),
-                                  *steps, "--seed", str(s), *a.sample,
-                                  "--out", os.path.join(samples, a.name, f"s{s}")], log)
+                for ipc in (ipcs if guided(a) else [max(ipcs)]):
+                    steps = ["--num_steps", str(QUICK_SAMPLE_STEPS)] if q else []
+                    quick_stop = ["--mode_stop", "2"] if q and guided(a) else []  # < QUICK_SAMPLE_STEPS - 1
+                    run("sample.py", [*cfg, *cache, "--train_dir", train_dir, "--ckpt", ckpts[a.run],
+                                      "--ipc", str(ipc), *steps, "--seed", str(s), *a.sample, *quick_stop,
+                                      "--out", sample_dir(samples, a, s, ipc)], log)
     times["sampling"] = time.time() - t
 
     print(f"[5/5] per arm, IPC and seed: ConvNet on the set ({EVAL_STEPS[q]} SGD steps), tested on {args.holdout}; "
@@ -312,7 +328,7 @@ def main(argv=None):
             common = ["--method", a.name, "--epochs", str(epochs), "--eval_every", str(max(1, epochs // EVAL_TESTS))]
             for s in seeds:
                 if a.source == "model":
-                    src = ["--train", os.path.join(samples, a.name, f"s{s}"), "--ipc", str(ipc)]
+                    src = ["--train", sample_dir(samples, a, s, ipc), "--ipc", str(ipc)]
                 elif a.source == "real":
                     src = ["--train", train_dir, "--select", "random", "--ipc", str(ipc)]
                 else:
@@ -323,7 +339,7 @@ def main(argv=None):
     #### tables
     gen = [a for a in arms if a.source == "model"]
     grid = os.path.join(out, f"demo_grid{'' if args.holdout == 'test' else '_val'}.png")
-    comparison_grid(data, samples, arms, grid)
+    comparison_grid(data, samples, arms, max(ipcs), grid)
     stats = collect(results, arms, ipcs, seeds)
     pairs = GENERATED_COMPARISONS if args.holdout == "test" else ()
     total = time.time() - t0

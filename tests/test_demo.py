@@ -25,11 +25,16 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
              for s in ("train", "val", "test")}
     assert sizes == {"train": 1008, "val": 250, "test": 539}
     generated = [a.name for a in ARMS if a.source == "model"]
-    assert generated == ["base", "difffit", "minimax"]
-    for name in generated:
+    assert generated == ["base", "difffit", "minimax", "minimax-mode"]
+    for name in generated[:3]:
         for s in (0, 1):  # one folder per sampling seed, at the largest IPC
             for k in range(10):
                 assert sorted(os.listdir(out / "samples" / name / f"s{s}" / f"digit{k}")) == ["0.png", "1.png", "2.png"]
+    for s in (0, 1):  # mode guidance: a folder per seed AND IPC (the k-means modes of IPC 2 are not IPC 3's)
+        for ipc in (2, 3):
+            folder = out / "samples" / "minimax-mode" / f"s{s}-ipc{ipc}"
+            assert sorted(os.listdir(folder / "digit0")) == [f"{i}.png" for i in range(ipc)]
+            assert json.load(open(folder / "manifest.json"))["config"]["guidance"] == "mode"
     a, b = (np.asarray(Image.open(out / "samples" / "minimax" / f"s{s}" / "digit0" / "0.png")) for s in (0, 1))
     assert not np.array_equal(a, b)  # the seeds draw different sets
     recs = [json.loads(ln) for ln in open(out / "eval" / "test.jsonl")]
@@ -40,10 +45,12 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     full = [r for r in recs if r["kind"] == "mmd" and r["method"] == "full"]
     assert full[0]["mmd_linear"] == pytest.approx(0, abs=1e-9)  # the train split against itself
     table = open(out / "RESULTS.md").read()
-    for label in ("Random real", "Base model", "Difffit only (rep off, div off)", "Minimax", "Full train split"):
+    for label in ("Random real", "Base model", "Difffit only (rep off, div off)", "Minimax",
+                  "Minimax + mode guidance (MGD³)", "Full train split"):
         assert f"| {label} |" in table
     assert "| 2 | minimax − base |" in table and "| 3 | minimax − difffit |" in table
-    assert Image.open(out / "demo_grid.png").size == (4 * 10 * 32 + 3 * 12, 14 + 10 * 32)
+    assert "| 3 | minimax-mode − minimax |" in table
+    assert Image.open(out / "demo_grid.png").size == (5 * 10 * 32 + 4 * 12, 14 + 10 * 32)
     fill = [json.loads(ln) for ln in open(out / "runs" / "minimax" / "log.jsonl")][-1]
     assert 0 < fill["mem_fill"] <= 1 and -1 <= fill["cos_pred_max"] <= 1 and fill["loss_d"] > 0
     gradients_main([str(out), "--batches", "2"])  # the gradient probe on the demo's base model
