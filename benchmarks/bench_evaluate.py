@@ -13,28 +13,14 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import make_images  # noqa: E402
 from data.eval_data import decode_all  # noqa: E402
 from models.evaluation.common import DeviceTest, DeviceTrain, PilTrain, make_model  # noqa: E402
 from models.evaluation.idc import train_classifier  # noqa: E402
 from utils.io import run_info  # noqa: E402
-
-
-def make_images(root, n, classes, size):
-    rng = np.random.RandomState(0)
-    paths, labels = [], []
-    for i in range(n):
-        c = i % classes
-        os.makedirs(os.path.join(root, f"c{c}"), exist_ok=True)
-        p = os.path.join(root, f"c{c}", f"{i}.jpg")
-        Image.fromarray(rng.randint(0, 256, (size, size * 5 // 4, 3), dtype=np.uint8)).save(p, quality=90)
-        paths.append(p)
-        labels.append(c)
-    return paths, labels
 
 
 def data_only(source, epochs, device):
@@ -63,7 +49,7 @@ def training(source, test, arch, classes, size, epochs, device, amp):
 def bench(device, size, n, arch, epochs, workers, amp):
     classes = 10
     with tempfile.TemporaryDirectory() as tmp:
-        paths, labels = make_images(tmp, n, classes, size + size // 7)
+        paths, labels = make_images(tmp, n, classes, size + size // 7, (size + size // 7) * 5 // 4)
         u8 = decode_all(paths, size, workers)
         test = DeviceTest(u8[:classes], labels[:classes], 256, device)
         gpu = DeviceTrain(u8, labels, size, 64, device)

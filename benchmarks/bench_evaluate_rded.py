@@ -19,28 +19,15 @@ import time
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.eval_augment import PilRdedTrainSet, cutmix, rded_train_batch  # noqa: E402
+from benchmarks.common import make_images  # noqa: E402
 from data.eval_data import decode_all  # noqa: E402
 from models.evaluation import rded  # noqa: E402
 from models.evaluation.common import (DeviceTest, DeviceTrain, PilTrain, make_model,  # noqa: E402
                                       memory_format_for, to_device_format)
 from utils.io import run_info  # noqa: E402
-
-
-def make_images(root, n, classes, size):
-    rng = np.random.RandomState(0)
-    paths, labels = [], []
-    for i in range(n):
-        c = i % classes
-        os.makedirs(os.path.join(root, f"c{c}"), exist_ok=True)
-        p = os.path.join(root, f"c{c}", f"{i}.jpg")
-        Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(p, quality=90)
-        paths.append(p)
-        labels.append(c)
-    return paths, labels
 
 
 def _sync(device):

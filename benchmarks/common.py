@@ -56,3 +56,19 @@ def report(stage, rows, columns, notes="", append=True):
                 f.write(notes.strip() + "\n\n")
             f.write(table)
     return table
+
+
+def make_images(root, n, classes, height, width=None):
+    """n random JPEGs root/c<k>/<i>.jpg spread over `classes` folders -> (paths, labels)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    paths, labels = [], []
+    for i in range(n):
+        c = i % classes
+        os.makedirs(os.path.join(root, f"c{c}"), exist_ok=True)
+        p = os.path.join(root, f"c{c}", f"{i}.jpg")
+        Image.fromarray(rng.randint(0, 256, (height, width or height, 3), dtype=np.uint8)).save(p, quality=90)
+        paths.append(p)
+        labels.append(c)
+    return paths, labels
