@@ -17,6 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from data.subsets import subset_names  # noqa: E402
+from models.train_config import DIT_NAMES  # noqa: E402
 from utils.config import Key, check_device, parse_config  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
@@ -46,7 +47,7 @@ CONFIG = {
                      "base is now (null: as recorded); null = DiT-XL-2-256x256.pt if present, else hub "
                      "facebook/DiT-XL-2-256"),
     "ema": Key(True, "use the EMA weights (the authors'); false = the raw trained weights"),
-    "model": Key("DiT-XL/2", type="str", null=True,
+    "model": Key("DiT-XL/2", type="str", null=True, choices=DIT_NAMES,
                  help="DiT registry name checked against the weights (DiT-T/2 is the tiny CPU model); null = any"),
     "vae": Key("stabilityai/sd-vae-ft-mse", type="str",
                help="decoder: hub id or local diffusers folder, or 'pixel' (identity, tiny runs)"),

@@ -5,6 +5,9 @@ from data.subsets import get_subset, subset_names
 from utils.config import Key, check_device, resolve
 from utils.errors import UserError
 
+# models.dit.DiT_models' names, spelt out so that validation runs without torch (tests/test_schema.py: equal)
+DIT_NAMES = tuple(f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S", "T") for p in (2, 4, 8))
+
 # key -> Key(default, allowed values, help): the one declaration that parsing, --help and validation use.
 # configs/train_default.yaml spells out the same defaults (tests/test_schema.py proves it); configs/tiny.yaml is the
 # CPU smoke test.
@@ -16,7 +19,7 @@ CONFIG = {
     "base": Key("DiT-XL-2-256x256.pt", type="str",
                 help="finetune: base weights, anything load_dit accepts (original .pt, diffusers folder or hub id, "
                      "a base-mode checkpoint.pt); its sha256 is recorded and checked on resume"),
-    "model": Key("DiT-XL/2", type="str",
+    "model": Key("DiT-XL/2", type="str", choices=DIT_NAMES,
                  help="base mode: DiT registry name to build from scratch (DiT-T/2 is the tiny CPU model)"),
     "num_classes": Key(0, choices=(0, 1000),
                        help="base mode: class-table size; 0 = the subset's classes with labels 0..K-1, 1000 = "

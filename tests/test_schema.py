@@ -127,6 +127,8 @@ def test_choices_match_the_registries():
     from models.classifiers import CLASSIFIERS, RDED_ALIASES
     from models.evaluation.runner import SELECTS
     from models.sampling import PRECISIONS, SAMPLERS
+    from models.dit import DiT_models
+    assert TRAIN["model"].choices == sample.CONFIG["model"].choices and set(TRAIN["model"].choices) == set(DiT_models)
     assert set(evaluate.CONFIG["arch"].choices) == set(CLASSIFIERS) | set(RDED_ALIASES) | {"none"}
     assert set(evaluate.CONFIG["feature_arch"].choices) == set(CLASSIFIERS)
     assert set(CLASSIFIERS) | set(RDED_ALIASES) >= set(reproduce.ARCHS)
