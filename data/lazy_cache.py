@@ -169,10 +169,11 @@ class LazyLatentCache:
         std = torch.from_numpy(np.asarray(self.std[ii, ff], dtype=np.float32))
         return mean.to(self.device), std.to(self.device)
 
-    def draw(self, indices, generator):
-        """As LatentCache.draw (flips, then eps, from `generator`), encoding the drawn entries not stored yet."""
+    def draw(self, indices, generator, flip=True):
+        """As LatentCache.draw (flips, then eps, from `generator`; flip=False: never the mirror, same streams),
+        encoding the drawn entries not stored yet."""
         idx = torch.as_tensor(indices).long().reshape(-1)  # (B,)
-        flips = torch.rand(idx.numel(), generator=generator) < 0.5  # (B,)
+        flips = (torch.rand(idx.numel(), generator=generator) < 0.5) & flip  # (B,)
         eps = torch.randn((idx.numel(), *self.latent_shape), generator=generator)  # (B, C, h, w)
         self.fill(idx, flips)
         mean, std = self.stats(idx, flips)

@@ -68,6 +68,21 @@ def test_lazy_draws_equal_eager_draws_and_encode_only_drawn(caches, tmp_path):
     assert again.encoded == 0
 
 
+def test_lazy_draw_without_flip_equals_eager_and_never_encodes_a_mirror(caches, tmp_path):
+    """train.flip false (the digits demo): the same draws as the eager cache, and no mirrored entry is encoded."""
+    ds, eager, _ = caches
+    lazy = _lazy(ds, str(tmp_path))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for idx in ([0, 4, 8, 9], [1, 2, 3, 4], [5, 6, 7, 11]):
+        za, ya = eager.draw(idx, g1, flip=False)
+        zb, yb = lazy.draw(idx, g2, flip=False)
+        assert torch.equal(za, zb) and torch.equal(ya, yb)
+    assert torch.equal(g1.get_state(), g2.get_state())  # the same random streams consumed
+    lazy.sync()
+    filled = np.asarray(lazy.filled)  # (items, 2): [:, 1] the mirrors
+    assert filled[:, 0].sum() == 11 and not filled[:, 1].any()
+
+
 def test_lazy_create_is_idempotent_and_shape_checked(caches, tmp_path):
     ds, _, _ = caches
     path = create_lazy_cache(ds, FakeVAE(), str(tmp_path), "float32")
