@@ -20,6 +20,7 @@ finished steps and reproduces the same numbers.
 import argparse
 import contextlib
 import importlib
+import io
 import json
 import os
 import shlex
@@ -123,6 +124,39 @@ def run(tool, args, log):
             main(args)
         except UserError as e:
             raise UserError(f"step failed ({e}): {line}; see {log}") from None
+
+
+def _evaluate_job(job):
+    """One evaluate.py run in a worker process: (command line, its output, error or None). The output comes back
+    whole, so parallel runs do not interleave in the log."""
+    argv, threads = job
+    import torch
+    torch.set_num_threads(threads)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        try:
+            importlib.import_module("evaluate").main(argv)
+            err = None
+        except UserError as e:
+            err = str(e)
+    return "python " + shlex.join(["evaluate.py", *argv]), buf.getvalue(), err
+
+
+def run_evaluations(jobs, n_proc, threads, log):
+    """evaluate.py runs: the first in this process (it trains the shared feature network), the rest over n_proc
+    worker processes. Each run is seeded and single-threaded, so its numbers do not depend on n_proc; results
+    are appended to one JSONL by whole-line writes (utils.io.append_jsonl)."""
+    run("evaluate.py", jobs[0], log)
+    if not jobs[1:]:
+        return
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(n_proc) as pool, open(log, "a") as f:
+        for line, output, err in pool.imap(_evaluate_job, [(argv, threads) for argv in jobs[1:]]):
+            print(f"  $ {line}", flush=True)
+            f.write(f"\n$ {line}\n{output}")
+            f.flush()
+            if err is not None:
+                raise UserError(f"step failed ({err}): {line}; see {log}")
 
 
 def fine_tune_runs(arms):
@@ -255,6 +289,8 @@ CONFIG = {
                 help="images per class, a comma list (null: 10,50 on test, 10 on val)"),
     "threads": Key(1, lo=1, help="torch CPU threads (1: fastest and steady for these tiny models on a shared "
                                  "machine; results depend on it)"),
+    "jobs": Key(2, lo=1, help="evaluation runs in parallel, one process each (the numbers do not depend on it; "
+                             "2 on a 2-core machine)"),
     "quick": Key(False, help="a smoke run of every step with tiny budgets (tests)"),
 }
 
@@ -317,8 +353,9 @@ def main(argv=None):
     print(f"[5/5] per arm, IPC and seed: ConvNet on the set ({EVAL_STEPS[q]} SGD steps), tested on {args.holdout}; "
           f"MMD, representativeness, diversity against train", flush=True)
     t = time.time()
-    ev = ["evaluate.py", *cfg, "--val", holdout_dir, "--results", results, "--mmd_real", train_dir, "--repeat", "1",
-          "--feature_arch", "convnet6", "--feature_epochs", str(FEATURE_EPOCHS[q])]
+    jobs = []
+    ev = ["evaluate.py", *cfg, "--val", holdout_dir, "--results", results, "--repeat", "1"]
+    measure = ["--mmd_real", train_dir, "--feature_arch", "convnet6", "--feature_epochs", str(FEATURE_EPOCHS[q])]
     for ipc in ipcs + [None]:
         for a in arms:
             if (a.source == "full") != (ipc is None):
@@ -333,7 +370,10 @@ def main(argv=None):
                     src = ["--train", train_dir, "--select", "random", "--ipc", str(ipc)]
                 else:
                     src = ["--train", train_dir, "--select", "full"]
-                run(ev[0], ev[1:] + src + common + ["--seed", str(s)], log)
+                # the full split is one set whatever the seed: measured once (parallel runs would race to it)
+                m = measure if a.source != "full" or s == seeds[0] else []
+                jobs.append(ev[1:] + src + m + common + ["--seed", str(s)])
+    run_evaluations(jobs, args.jobs, args.threads, log)
     times["evaluation"] = time.time() - t
 
     #### tables
@@ -359,7 +399,8 @@ def main(argv=None):
     panels = " | ".join(a.name for a in gen)
     body.append(f"\nSample grid (real | {panels}, sampling seed 0): {os.path.basename(grid)}\n")
     body.append("\nWall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s "
-                f"with {args.threads} torch thread(s) on {os.cpu_count()} CPUs, load average {load[0]:.2f} / "
+                f"with {args.threads} torch thread(s) per process, {args.jobs} evaluation process(es), on "
+                f"{os.cpu_count()} CPUs, load average {load[0]:.2f} / "
                 f"{load[1]:.2f} / {load[2]:.2f} at the end; torch {run_info().get('torch')}.\n")
     text = "".join(body)
     name = "RESULTS.md" if args.holdout == "test" else "VALIDATION.md"

@@ -1,4 +1,5 @@
 """Atomic writes, hashing and provenance (config, git SHA, versions) for every output."""
+import errno
 import hashlib
 import io
 from importlib import metadata
@@ -104,12 +105,17 @@ def atomic_save_image(img, path, **kw):
 
 
 def append_jsonl(path, record):
-    """Append one JSON line; a single write() of a whole line, flushed and fsynced."""
+    """Append one JSON line with a single write() on an O_APPEND descriptor, fsynced: processes appending to one
+    file at once (parallel evaluations) never interleave their lines; readers skip a torn last line."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    data = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, f"short write to {path} (disk full?)")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path, chunk=1 << 20):
