@@ -316,17 +316,18 @@ def test_cli_guided_builds_modes_once_torchrun_and_kill_resume_match(tiny, tmp_p
 def test_reproduce_samples_every_ipc_with_guidance(tmp_path):
     from scripts.reproduce import build_steps
     configs = [os.path.join(ROOT, "configs", c) for c in ("imagewoof.yaml", os.path.join("guidance", "mode.yaml"))]
-    steps = {s.name: s for s in build_steps("imagewoof", "/data/in", str(tmp_path), configs, 1)}
+    imagenet = str(tmp_path / "imagenet")
+    steps = {s.name: s for s in build_steps("imagewoof", imagenet, str(tmp_path), configs, 1)}
     assert list(steps) == ["finetune-minimax"] + [f"sample-{m}-ipc{k}" for m in ("minimax-mode", "dit-mode")
                                                   for k in (10, 50, 100)] + [
         f"eval-{m}-ipc{k}" for k in (10, 50, 100) for m in ("minimax-mode", "dit-mode")] + ["tables"]
     cmd = steps["sample-minimax-mode-ipc50"].cmd
     assert cmd[cmd.index("--ckpt") + 1] == str(tmp_path / "finetune-minimax" / "checkpoint.pt")  # not retrained
-    assert cmd[cmd.index("--ipc") + 1] == "50" and cmd[cmd.index("--train_dir") + 1] == "/data/in/train"
+    assert cmd[cmd.index("--ipc") + 1] == "50" and cmd[cmd.index("--train_dir") + 1] == os.path.join(imagenet, "train")
     assert cmd[cmd.index("--out") + 1] == str(tmp_path / "samples" / "minimax-mode-ipc50")
     ev = steps["eval-dit-mode-ipc10"].cmd
     assert ev[ev.index("--train") + 1] == str(tmp_path / "samples" / "dit-mode-ipc10") and "--method" in ev
-    plain = [s.name for s in build_steps("imagewoof", "/data/in", str(tmp_path), configs[:1], 1)]
+    plain = [s.name for s in build_steps("imagewoof", imagenet, str(tmp_path), configs[:1], 1)]
     assert "sample-minimax" in plain and not any("ipc" in n and n.startswith("sample") for n in plain)
 
 

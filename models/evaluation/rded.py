@@ -113,11 +113,21 @@ def load_teacher(name, weights_file=None):
         raise UserError(f"teacher weights {path} have no '{head}': not a {name} state dict")
     num_classes = state[head].shape[0]
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    bad = [k for k in missing + unexpected if not k.endswith("num_batches_tracked")]
+    own = model.state_dict()
+    expected, given = set(own), set(state)
+    # older torchvision files predate BatchNorm's num_batches_tracked counters (unused in eval mode): they come
+    # from the fresh model; any other difference is an error, and the load itself is strict
+    counters = {k: own[k] for k in expected - given if k.endswith("num_batches_tracked")}
+    bad = sorted((expected - given - set(counters)) | (given - expected))
     if bad:
         raise UserError(f"teacher weights {path} do not fit {name}: {len(bad)} missing/unexpected key(s), e.g. "
                         f"{bad[0]}; pass weights of that architecture")
+    shaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if shaped:
+        raise UserError(f"teacher weights {path} do not fit {name}: {shaped[0]} has shape "
+                        f"{tuple(state[shaped[0]].shape)}, the model {tuple(own[shaped[0]].shape)}; pass weights of "
+                        f"that architecture")
+    model.load_state_dict({**state, **counters})
     model.eval().requires_grad_(False)
     return model, num_classes, size
 
