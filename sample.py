@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from data.subsets import subset_names  # noqa: E402
 from models.train_config import DIT_NAMES  # noqa: E402
-from utils.config import Key, check_device, parse_config  # noqa: E402
+from utils.config import Key, check_device, check_output, parse_config  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 DEFAULT_BASE = ("DiT-XL-2-256x256.pt", "facebook/DiT-XL-2-256")
@@ -78,10 +78,10 @@ CONFIG = {
                              "centre, a weaker variant)", type="str", choices=("centroid", "nearest")),
     "cache_dir": Key("cache/latents", "guidance: latent caches and modes files (train_minimax.py's cache_dir, shared: "
                                       "an existing cache of the same data and encoder is reused)",
-                     type="str", path="out_dir"),
+                     type="str"),  # checked as an output location only when guidance uses it
     "modes_vae": Key("stabilityai/sd-vae-ft-ema", "guidance: the encoder of the latent cache the modes come from "
                                                   "(ft-ema and ft-mse share SD-VAE's encoder: only the decoders "
-                                                  "differ); 'pixel' for pixel models", type="str"),
+                                                  "differ); 'pixel' for pixel models", type="str", required=True),
     #### speed
     "batch_size": Key(32, lo=1,
                       help="images sampled together per process (on a large GPU raise it with micro_batch, e.g. "
@@ -119,6 +119,10 @@ def check_config(cfg):
         if cfg["mode_stop"] >= cfg["num_steps"] - 1:
             raise UserError(f"mode_stop must be in 0..{cfg['num_steps'] - 2} (guidance runs while the step index > "
                             f"mode_stop), got {cfg['mode_stop']}")
+        if (cfg["modes_vae"] == "pixel") != (cfg["vae"] == "pixel"):
+            raise UserError(f"modes_vae {cfg['modes_vae']} and vae {cfg['vae']} do not work in the same space; pass "
+                            f"pixel for both (pixel models) or an SD-VAE for both")
+        check_output(cfg["cache_dir"], "--cache_dir")
     check_device(cfg["device"])
     return None if cfg["cfg_channels"] == "all" else cfg["cfg_channels"]
 
@@ -147,6 +151,10 @@ def main(argv=None):
     if cfg["guidance"] == "mode":  # listed now: a wrong train dir fails before anything is loaded
         from data.folder import SubsetImageFolder
         train_data = SubsetImageFolder(cfg["train_dir"], subset, cfg["image_size"], flip=False)
+        fewest = min(train_data.labels.count(c) for c in range(len(subset.wnids)))
+        if fewest < cfg["ipc"]:  # k-means needs at least k = ipc latents per class
+            raise UserError(f"--guidance mode at ipc {cfg['ipc']} needs {cfg['ipc']} train images per class, but a "
+                            f"class of {cfg['train_dir']} has {fewest}; lower --ipc or add images")
 
     import torch
     from models.diffusion import Diffusion

@@ -2,7 +2,7 @@
 import os
 
 from data.subsets import get_subset, subset_names
-from utils.config import Key, check_device, resolve
+from utils.config import Key, check_device, check_output, resolve
 from utils.errors import UserError
 
 # models.dit.DiT_models' names, spelt out so that validation runs without torch (tests/test_schema.py: equal)
@@ -65,7 +65,7 @@ CONFIG = {
     "latent_cache": Key(True,
                         help="encode every image and its mirror once and draw mean + std * eps per step; false = "
                              "encode with the VAE at every step (the authors')"),
-    "cache_dir": Key("cache/latents", path="out_dir",
+    "cache_dir": Key("cache/latents", type="str",  # an output location only when used (check_config)
                      help="where latent caches live (one per dataset + VAE + transform, shared by runs)"),
     "cache_fill": Key("eager", "latent cache: eager = encode every image and its mirror before step 1; lazy = "
                                "encode an (image, flip) entry the first time a step draws it, then reuse it (never "
@@ -146,6 +146,8 @@ def check_config(cfg):
                         f"use a multiple of {world}")
     if cfg["subset"] != "custom":
         get_subset(cfg["subset"], cfg["phase"], cfg["phase_size"])  # a phase the subset does not have
+    if cfg["latent_cache"] or cfg["scan_cache"]:
+        check_output(cfg["cache_dir"], "--cache_dir")
     check_device(cfg["device"])
     return cfg
 

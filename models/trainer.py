@@ -352,16 +352,14 @@ def train(cfg):
 def _train(cfg, info):
     #### cheap checks: config, data, output dir, resume checkpoint, base identity
     subset = resolve_subset(cfg["subset"], cfg["data_dir"], cfg["class_file"], cfg["phase"], cfg["phase_size"])
-    scan_dir = None
-    if cfg["scan_cache"]:  # the listing of 1.28M files is remembered beside the latent caches
+    if cfg["latent_cache"] or cfg["scan_cache"]:
         check_writable(cfg["cache_dir"], "cache_dir")
-        scan_dir = os.path.join(cfg["cache_dir"], "scans")
+    # the listing of 1.28M files is remembered beside the latent caches
+    scan_dir = os.path.join(cfg["cache_dir"], "scans") if cfg["scan_cache"] else None
     dataset = SubsetImageFolder(cfg["data_dir"], subset, cfg["image_size"], flip=False, scan_dir=scan_dir)
     check_writable(cfg["run_dir"], "run_dir")
     if info.is_main:  # a run killed mid-write left .tmp-checkpoint.pt.<pid>.*: the rerun of its command removes it
         remove_stale_tmp(cfg["run_dir"])
-    if cfg["latent_cache"] or cfg["scan_cache"]:
-        check_writable(cfg["cache_dir"], "cache_dir")
     n, B, W = len(dataset), cfg["batch_size"], info.world_size
     if B % W:  # B is the global batch (the authors' --global-batch-size): same steps and EMA for any GPU count
         raise UserError(f"batch_size {B} (the global batch) does not split over {W} processes; use a multiple of {W}")
