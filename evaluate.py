@@ -23,7 +23,7 @@ CONFIG = {
     "subset": Key("custom", choices=(*subset_names(), "custom"),
                   help="class list: imagewoof, imagenette, imageidc, imagenet100, ... or custom (train dir's "
                        "folders)"),
-    "arch": Key(None, type="list", items="str", null=True,
+    "arch": Key(None, type="list", items="str", null=True, literals=("none",),  # 'none' is a value, not null
                 choices=("convnet6", "resnetap10", "resnet18", "resnet18_bn", "resnet50_bn", "resnet101_bn",
                          "resnet18_in", "resnet50", "resnet101", "none"),
                 help="comma list of convnet6, resnetap10, resnet18 (IDC: instance norm), resnet18_bn / resnet50_bn / "
@@ -136,6 +136,19 @@ def check_config(cfg):
     if scale is not None and not (len(scale) == 2 and scale[0] <= scale[1]):
         raise UserError(f"--crop_scale must be two numbers 0 < lo <= hi <= 1 (e.g. 0.08,1), got {scale!r}")
     check_output(folder, "--results folder")
+    if cfg["val_cache"] not in ("auto", "none"):
+        check_output(cfg["val_cache"], "--val_cache")
+    if cfg["test_resize"] is not None and cfg["test_resize"] < cfg["image_size"]:
+        raise UserError(f"--test_resize {cfg['test_resize']} is below --image_size {cfg['image_size']}: the centre "
+                        f"crop would be padded; use at least {cfg['image_size']}")
+    if cfg["best_after"] is not None and cfg["epochs"] is not None and cfg["best_after"] >= cfg["epochs"]:
+        raise UserError(f"--best_after {cfg['best_after']} leaves no test after it in {cfg['epochs']} epochs; use a "
+                        f"smaller value")
+    if cfg["protocol"] == "idc":
+        rded_only = [a for a in (cfg["arch"] or []) if a in ("resnet50", "resnet101", "resnet18_in")]
+        if rded_only:
+            raise UserError(f"--arch {rded_only[0]} names a network of the rded protocol; under idc use "
+                            f"{rded_only[0].replace('_in', '')}_bn or pass --protocol rded")
     check_device(cfg["device"])
     return cfg
 

@@ -22,9 +22,9 @@ def numeric_order(names):
     return sorted(names)
 
 
-def numbered_folder(wnid):
+def numbered_folder(wnid, index=None):
     """RDED / SRe2L layout: class folder 00000..00999 = position of the wnid in the canonical sorted list."""
-    pos = imagenet_index().get(wnid)
+    pos = (index or imagenet_index()).get(wnid)
     return None if pos is None else f"{pos:05d}"
 
 
@@ -35,9 +35,9 @@ def imagenet_index():
 def class_dirs(root, wnids):
     """{wnid: folder} for the classes found under `root`, by wnid name or by RDED's numbered name (never by
     listing order); classes with neither are left out."""
-    out = {}
+    out, index = {}, imagenet_index()  # built once, not per class (1,000 classes)
     for w in wnids:
-        for name in (w, numbered_folder(w)):
+        for name in (w, numbered_folder(w, index)):
             if name is not None and os.path.isdir(os.path.join(root, name)):
                 out[w] = os.path.join(root, name)
                 break

@@ -304,8 +304,6 @@ def main(argv=None):
     arms = ARMS if args.holdout == "test" else VAL_ARMS
     seeds = list(range(SEEDS[q]))
     out = os.path.abspath(args.out)
-    if os.path.isfile(out):
-        raise UserError(f"--out {out} is a file; pass a folder")
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "demo.log")
     data, samples, runs = (os.path.join(out, d) for d in ("data", "samples", "runs"))

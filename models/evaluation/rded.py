@@ -9,6 +9,7 @@ IPC 10, 200 at IPC 50; test Resize 256 -> CenterCrop 224; best test after epoch 
 """
 import math
 import os
+import pickle
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +106,8 @@ def load_teacher(name, weights_file=None):
                             f"pass --teacher_weights FILE")
     try:
         state = _state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    except (RuntimeError, OSError, EOFError) as e:  # weights_only refuses pickled code; truncated files
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, IndexError, ValueError) as e:
+        # weights_only refuses pickled code; truncated files; files that are not torch files at all
         raise UserError(f"cannot read teacher weights {path} ({str(e).splitlines()[0][:120]}); pass a state dict "
                         f"saved with torch.save") from None
     head = _head_key(name)

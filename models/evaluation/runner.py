@@ -222,8 +222,10 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
         ident["nets"] = "authors"
     if protocol == "rded":
         ident.update(teacher=teacher_id, test_resize=resize)
+    elif test_resize is not None:  # only runs that set it: earlier IDC results keep their keys
+        ident["test_resize"] = resize
     info = run_info()
-    summary = {}
+    summary, train_u8 = {}, None  # the train set decoded once, for the measures and the training
 
     #### MMD, representativeness and diversity of the set against the real set (paper Table 2)
     if mmd_real:
@@ -234,8 +236,8 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
         if mmd is not None:
             mmd = {k: mmd[k] for k in MEASURES}
         else:
-            syn_u8 = decode_all(train_paths, image_size, workers)
-            mmd = set_measures(extract_features(feat_model, syn_u8, dev, amp), torch.as_tensor(train_labels),
+            train_u8 = decode_all(train_paths, image_size, workers)
+            mmd = set_measures(extract_features(feat_model, train_u8, dev, amp), torch.as_tensor(train_labels),
                                extract_features(feat_model, real_u8, dev, amp), torch.as_tensor(real_labels), C)
             record(out_path, dict(kind="mmd", key=mkey, time=time.time(), method=method, train=train,
                                   subset=sub.name, select=select, ipc=ipc, seed=seed, mmd_real=mmd_real,
@@ -268,7 +270,8 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
                 train_data = PilTrain(train_paths, train_labels, image_size, hp["batch_size"], dev, workers, s,
                                       dataset)
             elif train_data is None:
-                train_data = DeviceTrain(decode_all(train_paths, image_size, workers), train_labels, image_size,
+                train_data = DeviceTrain(train_u8 if train_u8 is not None else
+                                         decode_all(train_paths, image_size, workers), train_labels, image_size,
                                          hp["batch_size"], dev, **({"augment": augment} if augment else {}))
             model = make_model(names[a], C, image_size, depth, dev, compile, s, width)
             state = dict(state_path=os.path.join(out_dir, "state", f"{key}.pt"), state_key=key,
