@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from data.latent_cache import CACHE_FORMAT, CACHE_VERSION, DTYPES, cache_key
+from data.latent_cache import CACHE_FORMAT, CACHE_VERSION, DTYPES, LatentCache, cache_key
 from data.transforms import TRANSFORM_VERSION, hflip
 from utils.errors import UserError
 from utils.io import atomic_write_json
@@ -70,7 +70,7 @@ def create_lazy_cache(dataset, vae, cache_dir, dtype="float16"):
     return path
 
 
-class LazyLatentCache:
+class LazyLatentCache(LatentCache):
     """Draws like data/latent_cache.LatentCache; missing entries are encoded with `vae` from `dataset` first.
 
     encode_batch: images per VAE call, padded to that many so an entry never depends on its batch mates. Small
@@ -91,7 +91,7 @@ class LazyLatentCache:
         self.path, self.dataset, self.vae = path, dataset, vae
         self.scale, self.latent_shape = self.meta["scale"], tuple(self.meta["latent_shape"])
         self.dtype = DTYPES[self.meta["dtype"]]
-        self.device = torch.device(device)
+        self.device, self.resident = torch.device(device), False  # memory-mapped: LatentCache.stats reads rows
         self.encode_batch, self.workers = max(1, int(encode_batch)), max(1, int(workers))
         self.labels = torch.from_numpy(np.load(os.path.join(path, "labels.npy")))  # (N,) int64
         self.mean = np.load(os.path.join(path, "mean.npy"), mmap_mode="r+")  # (N, 2, C, h, w)
@@ -100,12 +100,6 @@ class LazyLatentCache:
         self.encoded = 0  # entries this process encoded (benchmarks, tests)
         self.pending, self.sync_every, self.fills = set(), max(1, int(sync_every)), 0  # stored, not yet flagged
         self._pool = None  # decoding threads, made on first use
-
-    def __len__(self):
-        return len(self.labels)
-
-    def fraction_filled(self):
-        return float(np.asarray(self.filled).mean())
 
     @torch.no_grad()
     def fill(self, indices, flips):
@@ -162,20 +156,7 @@ class LazyLatentCache:
         return next(model.parameters()).device if model is not None else self.device
 
     def stats(self, indices, flips):
-        """Stored (mean, std) of items `indices` (mirrored where `flips`), float32 unscaled (B, C, h, w)."""
-        ii = torch.as_tensor(indices).long().reshape(-1).numpy()
-        ff = torch.as_tensor(flips).long().reshape(-1).numpy()
-        mean = torch.from_numpy(np.asarray(self.mean[ii, ff], dtype=np.float32))
-        std = torch.from_numpy(np.asarray(self.std[ii, ff], dtype=np.float32))
-        return mean.to(self.device), std.to(self.device)
-
-    def draw(self, indices, generator, flip=True):
-        """As LatentCache.draw (flips, then eps, from `generator`; flip=False: never the mirror, same streams),
-        encoding the drawn entries not stored yet."""
-        idx = torch.as_tensor(indices).long().reshape(-1)  # (B,)
-        flips = (torch.rand(idx.numel(), generator=generator) < 0.5) & flip  # (B,)
-        eps = torch.randn((idx.numel(), *self.latent_shape), generator=generator)  # (B, C, h, w)
-        self.fill(idx, flips)
-        mean, std = self.stats(idx, flips)
-        z = (mean + std * eps.to(self.device)) * self.scale  # (B, C, h, w)
-        return z, self.labels[idx].to(self.device)
+        """As LatentCache.stats, encoding the entries not stored yet first (draw() inherits it: flips, then eps,
+        from the generator, so the draws equal the eager cache's)."""
+        self.fill(indices, flips)
+        return super().stats(indices, flips)
