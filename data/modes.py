@@ -83,27 +83,33 @@ def build_modes(cache, dataset, ipc, path):
     return path
 
 
-def modes_complete(path):
+def _read_verified(path):
+    """(bytes of the modes file, its meta) when both exist and the bytes match the recorded sha256, else None."""
     meta = _meta_path(path)
     if not (os.path.isfile(path) and os.path.isfile(meta)):
-        return False
-    with open(path, "rb") as f:
-        return json.load(open(meta)).get("sha256") == hashlib.sha256(f.read()).hexdigest()
+        return None
+    with open(path, "rb") as f, open(meta) as m:
+        data, info = f.read(), json.load(m)
+    return (data, info) if info.get("sha256") == hashlib.sha256(data).hexdigest() else None
+
+
+def modes_complete(path):
+    return _read_verified(path) is not None
 
 
 def load_modes(path, wnids, ipc, kind="centroid"):
     """(modes (K, ipc, C, h, w) float32 for classes `wnids`, record for the manifest) from a modes file."""
     if kind not in KINDS:
         raise UserError(f"unknown modes '{kind}'; choose one of {', '.join(KINDS)}")
-    if not modes_complete(path):
+    verified = _read_verified(path)  # one read: checked and then parsed from the same bytes
+    if verified is None:
         raise UserError(f"modes file {path} is missing or incomplete; rerun to rebuild it")
-    with open(_meta_path(path)) as f:
-        meta = json.load(f)
+    raw, meta = verified
     missing = [w for w in wnids if w not in meta["wnids"]]
     if missing or meta["ipc"] != ipc:
         raise UserError(f"modes file {path} holds {meta['ipc']} modes of {len(meta['wnids'])} classes, not {ipc} of "
                         f"{', '.join(missing[:3]) or 'these classes'}; compute the modes for this IPC and class list")
-    data = np.load(path)  # (K', 2, ipc, C, h, w)
+    data = np.load(io.BytesIO(raw))  # (K', 2, ipc, C, h, w)
     rows = [meta["wnids"].index(w) for w in wnids]
     modes = torch.from_numpy(np.ascontiguousarray(data[rows, KINDS.index(kind)]))
     return modes, {"modes": kind, "ipc": ipc, "sha256": meta["sha256"], "vae": meta["vae"]}
