@@ -109,6 +109,14 @@ def plan_for(config_files):
     if max(plan["ipcs"], default=0) > plan["sample_ipc"]:
         raise UserError(f"ipcs {plan['ipcs']} ask for more images per class than sample_ipc {plan['sample_ipc']} "
                         f"samples; raise sample_ipc or drop the larger IPCs")
+    from scripts.tables import TABLES  # light: no torch
+    unknown = [t for t in str(plan["tables"]).split(",") if t.strip() not in TABLES]
+    if unknown:
+        raise UserError(f"reproduce.tables names table(s) {', '.join(unknown)}; choose from {', '.join(TABLES)}")
+    rded_only = [a for a in plan["archs"] + plan["kcenter_archs"] if a in ("resnet50", "resnet101")]
+    if rded_only and plan["protocol"] != "rded":
+        raise UserError(f"reproduce.archs {rded_only[0]} is a student of the rded protocol; set protocol: rded or "
+                        f"use {', '.join(ARCHS[:3])}")
     return plan
 
 
