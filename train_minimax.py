@@ -4,7 +4,7 @@
   torchrun --nproc_per_node=4 train_minimax.py --config configs/train_default.yaml --data_dir ...   # DDP
   python train_minimax.py --config configs/tiny.yaml --data_dir ... --run_dir ...                  # CPU smoke test
 
-Every key of models/train_config.py can be set in YAML (--config, repeatable) or as --key value. The run dir gets
+Every key of engines/train/schema.py can be set in YAML (--config, repeatable) or as --key value. The run dir gets
 config.yaml, log.jsonl and checkpoint.pt (adapter weights + EMA + optimiser + memories + RNG; rerunning the same
 command resumes it exactly). Sample with the EMA weights: load_dit("<run_dir>/checkpoint.pt").
 """
@@ -13,17 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from models.train_config import CONFIG, check_config  # noqa: E402
-from utils.config import parse_config  # noqa: E402
+from engines.train import main  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-
-
-def main(argv=None):
-    cfg = parse_config(CONFIG, argv, description=__doc__.split("\n")[0], prog="train_minimax.py", section="train")
-    check_config(cfg)  # across keys (batch vs processes, CUDA present)
-    from models.trainer import train  # after validation: --help and config errors stay instant (no torch yet)
-    train(cfg)
-
 
 if __name__ == "__main__":
     run_cli(main)

@@ -18,8 +18,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import make_images  # noqa: E402
 from data.eval_data import decode_all  # noqa: E402
-from models.evaluation.common import DeviceTest, DeviceTrain, PilTrain, make_model  # noqa: E402
-from models.evaluation.idc import train_classifier  # noqa: E402
+from engines.evaluate.common import DeviceTest, DeviceTrain, PilTrain, make_model  # noqa: E402
+from engines.evaluate.idc import train_classifier  # noqa: E402
 from utils.io import run_info  # noqa: E402
 
 

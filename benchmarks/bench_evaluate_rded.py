@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.eval_augment import PilRdedTrainSet, cutmix, rded_train_batch  # noqa: E402
 from benchmarks.common import make_images  # noqa: E402
 from data.eval_data import decode_all  # noqa: E402
-from models.evaluation import rded  # noqa: E402
-from models.evaluation.common import (DeviceTest, DeviceTrain, PilTrain, make_model,  # noqa: E402
+from engines.evaluate import rded  # noqa: E402
+from engines.evaluate.common import (DeviceTest, DeviceTrain, PilTrain, make_model,  # noqa: E402
                                       memory_format_for, to_device_format)
 from utils.io import run_info  # noqa: E402
 

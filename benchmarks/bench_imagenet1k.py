@@ -1,6 +1,6 @@
 """ImageNet-1K scale costs, three tables in one run (arms alternated where they are repeated):
 
-1. fine-tuning through models.trainer.train at 1,000 classes, latent cache eager / lazy / none: time of the
+1. fine-tuning through engines.train.run.train at 1,000 classes, latent cache eager / lazy / none: time of the
    eager build, steps/s in epoch 1 and epoch 2 (the lazy cache fills in epoch 1), total wall time;
 2. the minimax criterion (losses + backward + memory update) per step at 1,000 classes vs 10 (N_M 64, 4096-d,
    batch 8, float16 memories, every memory full);
@@ -57,7 +57,7 @@ def bench_train(dev, steps_cuda):
     from data.latent_cache import build_latent_cache
     from data.subsets import get_subset
     from models.dit import DiT_models
-    from models.trainer import train
+    from engines.train.run import train
     from models.vae import load_vae
     model_name, size, widths, per_class, epochs = SETUPS[dev]["train"]
     note = load_note()
@@ -118,7 +118,7 @@ def bench_train(dev, steps_cuda):
                 row["VAE encodings"] = f"{total * 8:,}" if arm == "none" else f"{2 * n:,}"
             rows.append(row)
             print(row, flush=True)
-    notes = (f"models.trainer.train at 1,000 classes (subset imagenet1k, all classes in one model), {dev}, random "
+    notes = (f"engines.train.run.train at 1,000 classes (subset imagenet1k, all classes in one model), {dev}, random "
              f"weights, batch 8, float16 memories; arms advanced {chunk} steps at a time in alternating order "
              f"(exact resume), steps/s from the log windows (setup excluded). 'build + steps s' = the eager build "
              f"plus the time of the steps. VAE encodings: image and mirror entries encoded (none: one per drawn "
@@ -177,7 +177,7 @@ def bench_criterion(dev, iters=30):
 def bench_sample(dev, images):
     from benchmarks.bench_sample import random_dit, sd_vae
     from models.diffusion import Diffusion
-    from models.sampling import sample_folder
+    from engines.sample.run import sample_folder
     from models.vae import PixelVAE
     name, latent, steps, batch = SETUPS[dev]["sample"]
     note = load_note()
@@ -224,7 +224,7 @@ def bench_sample(dev, images):
         if dev == "cuda":
             row["50,000 images on 8 GPUs"] = f"{50_000 / (8 * ips) / 60:.1f} min"
         rows.append(row)
-    notes = (f"models.sampling.sample_folder on {dev}: {name}, latent {vae.latent_channels}x{latent}x{latent}, VAE "
+    notes = (f"engines.sample.run.sample_folder on {dev}: {name}, latent {vae.latent_channels}x{latent}x{latent}, VAE "
              f"{vae_name}, random weights, {steps} ancestral steps, guidance 4.0, batch {batch}, {precision}, PNGs "
              f"written; ~{images} images per arm taken as the first classes of ImageNet-1K; best of 2, arms "
              f"alternated. {torch.get_num_threads()} thread(s), {note}.")

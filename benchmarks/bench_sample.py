@@ -1,5 +1,5 @@
 """Sampling throughput: the authors' way (one image at a time, fp32) against batched sampling (fp32, bf16), end to end
-(noise, guided steps, decoding, PNG writing) with models.sampling.sample_folder.
+(noise, guided steps, decoding, PNG writing) with engines.sample.run.sample_folder.
 
 CPU default (< 2 min on the 2-core machine): DiT-S/4 (DiT-S width and depth, 16 tokens) on 3x16x16 'pixel' latents,
 random weights, 20 steps, 4 images one at a time, 16 batched in fp32, 8 in bf16 (no native bf16 on AVX2: slow).
@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from benchmarks.common import report, timeit  # noqa: E402
 from models.diffusion import Diffusion  # noqa: E402
 from models.dit import DiT_models  # noqa: E402
-from models.sampling import guided_eps, sample_folder  # noqa: E402
+from engines.sample.run import guided_eps, sample_folder  # noqa: E402
 from models.vae import PixelVAE, load_vae  # noqa: E402
 from utils.io import run_info  # noqa: E402
 

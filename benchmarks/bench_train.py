@@ -1,4 +1,4 @@
-"""Minimax fine-tuning throughput through the real loop (models.trainer.train): latent cache vs per-step VAE encoding,
+"""Minimax fine-tuning throughput through the real loop (engines.train.run.train): latent cache vs per-step VAE encoding,
 fp32 vs bf16 autocast. Steps/s are steady-state (log windows after the first, which holds the warm-up).
 
 CPU default: DiT-S/2 on 8x8 latents of 32 px images from a tiny random AutoencoderKL (3 levels, so its encoder
@@ -24,7 +24,7 @@ from data.folder import SubsetImageFolder  # noqa: E402
 from data.latent_cache import build_latent_cache  # noqa: E402
 from data.subsets import custom_subset  # noqa: E402
 from models.dit import DiT_models  # noqa: E402
-from models.trainer import train  # noqa: E402
+from engines.train.run import train  # noqa: E402
 from models.vae import load_vae  # noqa: E402
 
 WOOF = ["n02086240", "n02087394", "n02088364"]
@@ -123,7 +123,7 @@ def main(argv=None):
                     row["peak GiB"] = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f}"
                 rows.append(row)
                 print(row, flush=True)
-    notes = (f"models.trainer.train on {dev}: Difffit + minimax, random weights; steps/s over the log windows after "
+    notes = (f"engines.train.run.train on {dev}: Difffit + minimax, random weights; steps/s over the log windows after "
              f"the first (warm-up), best of 2 runs (1 for CPU bf16). Latent cache build: {build_s * 1e3:.0f} ms per "
              f"image (image + mirror, once per dataset). '12.4k steps' = the authors' 8-epoch ImageWoof fine-tuning "
              f"at this speed. {torch.get_num_threads()} CPU threads.")

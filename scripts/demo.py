@@ -112,11 +112,14 @@ def count_images(folder):
 
 #### Steps #####################################################################################################
 
+ENGINES = {"train_minimax.py": "engines.train", "sample.py": "engines.sample", "evaluate.py": "engines.evaluate"}
+
+
 def run(tool, args, log):
     """Run one of the project's tools (its main(argv), in this process); its output goes to the log file."""
     line = "python " + shlex.join([tool, *args])
     print(f"  $ {line}", flush=True)
-    main = importlib.import_module(tool[:-len(".py")]).main
+    main = importlib.import_module(ENGINES[tool]).main
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         f.write(f"\n$ {line}\n")
         f.flush()
@@ -135,7 +138,7 @@ def _evaluate_job(job):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         try:
-            importlib.import_module("evaluate").main(argv)
+            importlib.import_module(ENGINES["evaluate.py"]).main(argv)
             err = None
         except UserError as e:
             err = str(e)

@@ -61,7 +61,8 @@ PLAN = {
                        type="int", lo=0),
 }
 DEFAULT_PLAN = {k: e.default for k, e in PLAN.items()}
-TOOLS = {"train": "models.train_config", "sample": "sample", "evaluate": "evaluate"}  # modules declaring CONFIG
+TOOLS = {"train": "engines.train.schema", "sample": "engines.sample.schema",  # modules declaring CONFIG
+         "evaluate": "engines.evaluate.schema"}
 
 
 @dataclass

@@ -13,7 +13,7 @@ from data.eval_augment import (PilTestSet, color_jitter, cutmix, cutmix_box, cut
 from data.eval_data import class_files, decode_all, flatten, numeric_order, take_first
 from data.eval_select import feature_mmd, herding, kcenter
 from data.subsets import get_subset
-from models.evaluation.idc import batch_size_for, epochs_for, milestones, optim_defaults
+from engines.evaluate.idc import batch_size_for, epochs_for, milestones, optim_defaults
 from utils.errors import UserError
 
 

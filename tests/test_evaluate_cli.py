@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import evaluate
-from models.evaluation import run_evaluation
+import engines.evaluate as evaluate
+from engines.evaluate.run import run_evaluation
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,14 +11,14 @@ import torch
 import torchvision
 from PIL import Image
 
-import evaluate
+import engines.evaluate as evaluate
 from data.eval_augment import cutmix, shuffle_patches
 from data.eval_data import class_files, flatten
 from data.subsets import get_subset, imagenet_wnids
 from models.classifiers import build_classifier
-from models.evaluation import rded
-from models.evaluation.loop import best_and_last, eval_epochs
-from models.evaluation.runner import _subset
+from engines.evaluate import rded
+from engines.evaluate.loop import best_and_last, eval_epochs
+from engines.evaluate.run import _subset
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -272,7 +272,7 @@ def test_val_cache_is_decoded_once_and_keyed_by_size(tmp_path):
 def test_dataloader_path_is_deterministic_and_tests_only_late_epochs(tiny):
     """The per-sample PIL path of the protocol (the benchmark's reference arm) runs, repeats itself exactly, and
     tests only after best_after (plus the last epoch)."""
-    from models.evaluation import run_evaluation
+    from engines.evaluate.run import run_evaluation
     train, val, teacher, tmp = tiny
     kw = dict(protocol="rded", teacher_weights=teacher, arch="convnet6", width=8, depth=2, image_size=16, ipc=2,
               epochs=3, eval_every=1, best_after=1, batch_size=5, repeat=1, device="cpu", workers=0,

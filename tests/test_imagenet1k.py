@@ -156,9 +156,9 @@ def _tree(root):
 
 
 def test_rehearsal_1000_classes(tmp_path, monkeypatch):
-    import sample
+    import engines.sample as sample
     from models.dit import DiT, DiT_models
-    from models.trainer import train
+    from engines.train.run import train
     from tests.test_train import make_base
 
     _tree(tmp_path / "imagenet")

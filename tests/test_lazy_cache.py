@@ -118,7 +118,7 @@ def test_remembered_scan_same_items_and_key_and_sees_new_files(tmp_path, monkeyp
 def test_training_with_lazy_cache_resumes_exactly_and_equals_eager(tmp_path):
     import yaml
 
-    from models.trainer import train
+    from engines.train.run import train
     from tests.test_train import ROOT, WOOF, assert_same_state, make_base, make_images
     tiny = yaml.safe_load(open(os.path.join(ROOT, "configs", "tiny.yaml")))["train"]
     cfg = dict(tiny, data_dir=make_images(str(tmp_path / "data"), WOOF), base=make_base(str(tmp_path / "base.pt")),

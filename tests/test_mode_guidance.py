@@ -17,7 +17,7 @@ from data.modes import build_modes, kmeans_modes, load_modes, modes_complete
 from data.subsets import Subset
 from helpers import make_tiny_dit, save_original
 from models.diffusion import Diffusion
-from models.sampling import ImageNoise, guided_eps, image_seed, sample_folder, sample_latents
+from engines.sample.run import ImageNoise, guided_eps, image_seed, sample_folder, sample_latents
 from models.vae import PixelVAE
 from test_data import WNIDS, make_folder
 from test_latent_cache import FakeVAE

@@ -1,4 +1,4 @@
-"""sample.py and models/sampling.py: the loop feeds the original timesteps and the right noises (float64 reference of
+"""sample.py and engines/sample/run.py: the loop feeds the original timesteps and the right noises (float64 reference of
 SPEC §4), per-image seeds make the PNGs byte-identical whatever the batch size, process count or IPC, a killed run
 resumes to the same folder, resuming with other settings is refused, and bad input is a one-line error."""
 import os
@@ -12,7 +12,7 @@ import torch
 
 from helpers import make_tiny_dit, save_original, save_tiny_diffusers_vae
 from models.diffusion import Diffusion
-from models.sampling import (class_labels_for, grid_path, image_seed, label_table, sample_folder, sample_latents)
+from engines.sample.run import (class_labels_for, grid_path, image_seed, label_table, sample_folder, sample_latents)
 from models.vae import load_vae
 from utils.errors import UserError
 

@@ -12,10 +12,10 @@ import time
 import pytest
 import yaml
 
-import evaluate
-import sample
-import train_minimax
-from models.train_config import CONFIG as TRAIN
+import engines.evaluate as evaluate
+import engines.sample as sample
+import engines.train as train_minimax
+from engines.train.schema import CONFIG as TRAIN
 from scripts import demo, reproduce
 from utils.config import (PATH_ROLES, SECTIONS, Key, check_block, check_output, coerce, describe, help_text, key_types,
                           parse_config, spec_of)
@@ -125,8 +125,8 @@ def test_every_key_declares_type_and_its_default_is_valid(name, spec):
 
 def test_choices_match_the_registries():
     from models.classifiers import CLASSIFIERS, RDED_ALIASES
-    from models.evaluation.runner import SELECTS
-    from models.sampling import PRECISIONS, SAMPLERS
+    from engines.evaluate.run import SELECTS
+    from engines.sample.run import PRECISIONS, SAMPLERS
     from models.dit import DiT_models
     assert TRAIN["model"].choices == sample.CONFIG["model"].choices and set(TRAIN["model"].choices) == set(DiT_models)
     assert set(evaluate.CONFIG["arch"].choices) == set(CLASSIFIERS) | set(RDED_ALIASES) | {"none"}

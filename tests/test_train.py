@@ -1,4 +1,4 @@
-"""train_minimax.py / models.trainer: exact resume, checkpoint format, labels, cache equivalence, errors, base mode."""
+"""train_minimax.py / engines.train.run: exact resume, checkpoint format, labels, cache equivalence, errors, base mode."""
 import hashlib
 import json
 import os
@@ -14,8 +14,8 @@ import yaml
 from PIL import Image
 
 from models.dit import DiT_models
-from models.train_state import EMA, epoch_permutation
-from models.trainer import TrainingDiverged, train
+from engines.train.state import EMA, epoch_permutation
+from engines.train.run import TrainingDiverged, train
 from tests.helpers import randomize_
 from utils.errors import run_cli
 from utils.io import file_sha256
@@ -290,7 +290,7 @@ def test_nan_stops_and_keeps_last_checkpoint(env, capsys):
 
 def cli_error(env, capsys, monkeypatch, argv):
     """Run the CLI in-process with heavy work forbidden; returns the error line (exit 2)."""
-    import models.trainer as trainer
+    import engines.train.run as trainer
     from train_minimax import main
 
     def no_heavy_work(*a, **k):
@@ -346,7 +346,7 @@ def test_flip_off_never_mirrors_and_keeps_the_noise_stream(tmp_path):
     from data.folder import SubsetImageFolder
     from data.latent_cache import build_latent_cache
     from data.subsets import resolve_subset
-    from models.trainer import epoch_batches
+    from engines.train.run import epoch_batches
     from models.vae import load_vae
     rng = np.random.RandomState(0)
     for c in ("a", "b"):

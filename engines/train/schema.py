@@ -2,11 +2,10 @@
 import os
 
 from data.subsets import get_subset, subset_names
+from models import DIT_NAMES
 from utils.config import Key, check_device, check_output, resolve
 from utils.errors import UserError
 
-# models.dit.DiT_models' names, spelt out so that validation runs without torch (tests/test_schema.py: equal)
-DIT_NAMES = tuple(f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S", "T") for p in (2, 4, 8))
 
 # key -> Key(default, allowed values, help): the one declaration that parsing, --help and validation use.
 # configs/train_default.yaml spells out the same defaults (tests/test_schema.py proves it); configs/tiny.yaml is the

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import torchvision
 
 from data.eval_augment import cutmix
-from models.evaluation.common import autocast_for, to_device_format
-from models.evaluation.loop import best_and_last, eval_epochs, fit
+from engines.evaluate.common import autocast_for, to_device_format
+from engines.evaluate.loop import best_and_last, eval_epochs, fit
 from utils.errors import UserError
 
 EPOCHS = 300

@@ -6,8 +6,8 @@ import torch
 
 from data.eval_augment import cutmix, cutmix_loss, gpu_test_batch
 from data.eval_results import run_key
-from models.evaluation.common import DeviceTrain, autocast_for, make_model, to_device_format
-from models.evaluation.loop import best_and_last, eval_epochs, fit
+from engines.evaluate.common import DeviceTrain, autocast_for, make_model, to_device_format
+from engines.evaluate.loop import best_and_last, eval_epochs, fit
 from utils.io import atomic_torch_save, run_info
 
 
@@ -56,7 +56,7 @@ def train_classifier(model, train, test, epochs, lr, momentum, weight_decay, eva
     """SGD + MultiStepLR + CutMix with hard labels on every batch; test every `eval_every` epochs and at the end.
 
     Returns {"best", "last", "best_epoch", "curve": [[epoch, top1]], "loss": [[epoch, mean loss]], "seconds",
-    "images_per_sec", "resumed_from"}; `state_path` makes the run resumable (models/evaluation/loop.py)."""
+    "images_per_sec", "resumed_from"}; `state_path` makes the run resumable (engines/evaluate/loop.py)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(epochs), gamma=0.2)
     gen = torch.Generator(device=device).manual_seed(seed)

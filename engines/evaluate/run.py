@@ -1,5 +1,5 @@
 """The evaluation runner: train classifiers from scratch on an image folder, report top-1 on val, under the IDC
-protocol (SPEC §5, models/evaluation/idc.py) or RDED's soft-label protocol (SPEC §9, models/evaluation/rded.py).
+protocol (SPEC §5, engines/evaluate/idc.py) or RDED's soft-label protocol (SPEC §9, engines/evaluate/rded.py).
 
 `run_evaluation(...)` is the library entry point (evaluate.py is its CLI): classes and file lists, every input
 check before anything is written, one-time decoding (the val set optionally through an on-disk uint8 cache),
@@ -19,12 +19,13 @@ from data.eval_results import finished_runs, record, results_path, run_key, save
 from data.eval_measures import KEYS as MEASURES, set_measures
 from data.eval_select import herding, kcenter, random_select
 from data.subsets import Subset, list_class_dirs, resolve_subset
+from engines.evaluate import rded
+from engines.evaluate.common import (DeviceTest, DeviceTrain, PilTest, PilTrain, make_model, memory_format_for,
+                                     resolve_amp, resolve_device)
+from engines.evaluate.idc import (batch_size_for, epochs_for, extract_features, feature_net, optim_defaults,
+                                  train_classifier)
+from engines.evaluate.schema import CONFIG, check_config  # the tool's declaration checks library calls too
 from models.classifiers import CLASSIFIERS, RDED_ALIASES
-from models.evaluation.common import (DeviceTest, DeviceTrain, PilTest, PilTrain, make_model, memory_format_for,
-                                      resolve_amp, resolve_device)
-from models.evaluation import rded
-from models.evaluation.idc import (batch_size_for, epochs_for, extract_features, feature_net, optim_defaults,
-                                   train_classifier)
 from utils.config import save_config, validate
 from utils.errors import UserError
 from utils.io import file_sha256, remove_stale_tmp, run_info
@@ -129,7 +130,6 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
     bad = [a for a in list(names.values()) + [feature_arch] if a not in CLASSIFIERS]
     if bad:
         raise UserError(f"unknown arch '{bad[0]}'; choose from {', '.join(CLASSIFIERS)}")
-    from evaluate import CONFIG, check_config  # the tool's declaration checks library calls too (no torch there)
     check_config(validate(CONFIG, dict(args, arch=archs or ["none"])))
     dev = resolve_device(device)
     amp = resolve_amp(amp, dev)

@@ -18,16 +18,22 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from utils.dist import barrier
+from data.folder import SubsetImageFolder
+from data.modes import ensure_modes, load_modes
+from data.subsets import resolve_subset
+from engines.sample.schema import weights_source
+from engines.sample.state import (MANIFEST, MANIFEST_FORMAT, check_out_dir, check_resume, clean, grid_path, image_path,
+                                  weights_fingerprint)
+from models.diffusion import Diffusion
+from models.loading import identify_source, load_dit
+from models.vae import load_vae
+from utils.dist import barrier, cleanup, init_distributed
 from utils.errors import UserError
 from utils.io import atomic_save_image, atomic_write_json, file_sha256, run_info
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "minimax-samples"
 SAMPLERS = ("ancestral", "ddim")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 SEED_RULE = "first 8 bytes (big-endian) of sha256('{seed}/{wnid}/{index}') >> 1"
-_IMAGE = re.compile(r"^\d+\.png$")
 
 
 #################################################################################
@@ -198,90 +204,8 @@ def decode_uint8(vae, z, micro_batch=32):
 
 
 #################################################################################
-#                        Output folder: manifest, resume, grid                  #
+#                                Preview grid                                   #
 #################################################################################
-
-def weights_fingerprint(model):
-    """sha256 of every tensor of the state dict (names, shapes, bytes): identifies weights given without a file."""
-    h = hashlib.sha256()
-    for name, v in model.state_dict().items():
-        v = v.detach().float().cpu().contiguous()
-        h.update(f"{name}{tuple(v.shape)}".encode())
-        h.update(v.numpy().tobytes())
-    return h.hexdigest()
-
-
-def image_path(out, wnid, index):
-    return os.path.join(out, wnid, f"{index}.png")
-
-
-def grid_path(out):
-    """The preview grid beside the folder: <out>_grid.png."""
-    return os.path.normpath(os.path.abspath(out)) + "_grid.png"
-
-
-def check_out_dir(out):
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"output path {out} is a file; pass a folder (it is created if missing)")
-
-
-def _read_manifest(out):
-    path = os.path.join(out, MANIFEST)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"{path} is unreadable; pass --overwrite to regenerate the folder or choose another out")
-
-
-def _differences(old, new, prefix=""):
-    """Keys whose values differ between two (nested) dicts, as 'key (old -> new)'."""
-    diffs = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            show = lambda v: (repr(v)[:40] + "...") if len(repr(v)) > 43 else repr(v)  # noqa: E731
-            diffs.append(f"{prefix}{k} ({show(a)} -> {show(b)})")
-    return diffs
-
-
-def check_resume(out, pixels, classes, overwrite):
-    """-> (previous manifest or None, replace). Refuses (unless overwrite) a folder whose images were made with
-    other pixel-affecting settings; replace = its sample images must go (overwrite)."""
-    old = _read_manifest(out)
-    if old is None:
-        stray = [d for d in os.listdir(out) if not d.startswith(".")] if os.path.isdir(out) else []
-        if stray and not overwrite:
-            raise UserError(f"{out} is not empty and has no {MANIFEST} (not made by sample.py); choose another out "
-                            f"or pass --overwrite to replace its sample images")
-        return None, overwrite
-    if overwrite:
-        return old, True
-    diffs = [] if old.get("format") == MANIFEST_FORMAT else [f"format ({old.get('format')!r})"]
-    diffs += _differences(old.get("pixels", {}), pixels)
-    prev = old.get("classes", {})
-    diffs += [f"label of {w} ({prev[w]} -> {lab})" for w, lab in classes.items() if w in prev and prev[w] != lab]
-    if diffs:
-        raise UserError(f"{out} holds images made with other settings: {'; '.join(diffs[:4])}; choose another out "
-                        f"or pass --overwrite to replace them")
-    return old, False
-
-
-def _clean(out, wnids, remove_images):
-    """Remove leftovers of killed writes (.tmp-* files), and with remove_images the sample PNGs and the grid."""
-    gdir, gname = os.path.split(grid_path(out))
-    for folder in [out] + [os.path.join(out, w) for w in wnids]:
-        for name in (os.listdir(folder) if os.path.isdir(folder) else []):
-            if name.startswith(".tmp-") or (remove_images and folder != out and _IMAGE.match(name)):
-                os.remove(os.path.join(folder, name))
-    for name in (os.listdir(gdir) if os.path.isdir(gdir) else []):
-        if name.startswith(f".tmp-{gname}.") or (remove_images and name == gname):
-            os.remove(os.path.join(gdir, name))
-
 
 def write_grid(out, wnids, per_class, path=None):
     """A row per class of its first `per_class` images (tiles shrink for many classes); None if nothing exists."""
@@ -360,7 +284,7 @@ def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sam
     barrier()
     if rank == 0:
         prev = old or {}
-        _clean(out, list(dict.fromkeys(list(wnids) + list(prev.get("classes", {})))), remove_images=replace)
+        clean(out, list(dict.fromkeys(list(wnids) + list(prev.get("classes", {})))), remove_images=replace)
         if replace:
             prev = {}
         ipcs = dict(prev.get("ipc", {}))
@@ -423,3 +347,75 @@ def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sam
     return {"written": len(mine), "skipped": len(wnids) * ipc - len(todo), "seconds": seconds,
             "images_per_s": len(mine) / seconds if seconds > 0 else 0.0, "grid": gpath,
             "manifest": os.path.join(out, MANIFEST)}
+
+
+#################################################################################
+#                                    sample.py                                  #
+#################################################################################
+
+def run(cfg):
+    """sample.py after its config is parsed: the subset, the weights and the VAE checked against each other, the
+    modes for --guidance mode, then sample_folder. Returns its stats."""
+    cfg_channels = None if cfg["cfg_channels"] == "all" else cfg["cfg_channels"]
+    subset = resolve_subset(cfg["subset"], cfg["train_dir"], cfg["class_file"], cfg["phase"],
+                             cfg["phase_size"])
+    train_data = None
+    if cfg["guidance"] == "mode":  # listed now: a wrong train dir fails before anything is loaded
+        train_data = SubsetImageFolder(cfg["train_dir"], subset, cfg["image_size"], flip=False)
+        fewest = min(train_data.labels.count(c) for c in range(len(subset.wnids)))
+        if fewest < cfg["ipc"]:  # k-means needs at least k = ipc latents per class
+            raise UserError(f"--guidance mode at ipc {cfg['ipc']} needs {cfg['ipc']} train images per class, but a "
+                            f"class of {cfg['train_dir']} has {fewest}; lower --ipc or add images")
+
+    #### weights: identity and class list first (refusals before anything heavy)
+    source, base_source = weights_source(cfg)
+    ident = identify_source(source)
+    meta = checkpoint_meta(source, ident)
+    check_subset(meta, subset, source)
+
+    dist = init_distributed(cfg["device"])
+    torch.backends.cuda.matmul.allow_tf32 = cfg["tf32"]
+    torch.backends.cudnn.allow_tf32 = cfg["tf32"]
+    vae = load_vae(cfg["vae"], device=dist.device)
+    if cfg["image_size"] % vae.downsample:
+        raise UserError(f"image_size {cfg['image_size']} is not a multiple of the VAE's downsampling {vae.downsample}")
+    latent = cfg["image_size"] // vae.downsample
+    name = None if str(cfg["model"]).lower() in ("", "none", "null", "auto") else cfg["model"]
+    model = load_dit(source, model=name, ema=cfg["ema"], device=dist.device, base_source=base_source)
+    arch = model.arch
+    if (arch["in_channels"], arch["input_size"]) != (vae.latent_channels, latent) or not arch["learn_sigma"]:
+        raise UserError(f"{source} takes {arch['in_channels']}x{arch['input_size']}x{arch['input_size']} latents "
+                        f"(learn_sigma={arch['learn_sigma']}) but vae {cfg['vae']} at image_size {cfg['image_size']} "
+                        f"gives {vae.latent_channels}x{latent}x{latent}; set --image_size and --vae to match the "
+                        f"weights (learned sigma is required)")
+    if cfg_channels is not None and not 1 <= cfg_channels <= arch["in_channels"]:
+        raise UserError(f"cfg_channels {cfg_channels} is not in 1..{arch['in_channels']} (the latent channels); "
+                        f"use 3 (DiT's) or 'all'")
+    table = label_table(meta.get("subset"), meta.get("class_labels"), model.num_classes)
+    labels = class_labels_for(subset.wnids, table, model, source)
+
+    identity = {"weights": dict(ident, ema=cfg["ema"], base=meta.get("base")), "vae": vae_identity(cfg["vae"]),
+                "image_size": cfg["image_size"]}
+    diffusion = Diffusion.linear(1000).respaced(cfg["num_steps"])
+    guide = {}
+    if train_data is not None:  # the modes file is built once (rank 0) and then only read
+        path = ensure_modes(train_data, cfg["ipc"], cfg["cache_dir"], cfg["modes_vae"], is_main=dist.is_main,
+                            device=dist.device, progress=cfg["progress"])
+        modes, info = load_modes(path, subset.wnids, cfg["ipc"], cfg["modes"])
+        if tuple(modes.shape[2:]) != (arch["in_channels"], latent, latent):
+            raise UserError(f"modes_vae {cfg['modes_vae']} gives {'x'.join(map(str, modes.shape[2:]))} latents but "
+                            f"the model takes {arch['in_channels']}x{latent}x{latent}; pass the encoder of --vae "
+                            f"(pixel for pixel models)")
+        guide = dict(modes=modes, mode_scale=cfg["mode_scale"], mode_stop=cfg["mode_stop"], modes_info=info)
+    stats = sample_folder(model, vae, diffusion, subset.wnids, labels, cfg["ipc"], cfg["out"], seed=cfg["seed"],
+                          sampler=cfg["sampler"], eta=cfg["ddim_eta"], cfg_scale=cfg["cfg_scale"],
+                          cfg_channels=cfg_channels, batch_size=cfg["batch_size"], micro_batch=cfg["micro_batch"],
+                          precision=cfg["precision"], device=dist.device, compile=cfg["compile"],
+                          overwrite=cfg["overwrite"], grid=cfg["grid"], identity=identity, config=dict(cfg),
+                          rank=dist.rank, world_size=dist.world_size, progress=cfg["progress"],
+                          debug_kill_after=cfg["debug_kill_after"], **guide)
+    if dist.is_main:
+        print(f"{stats['written']} image(s) written on rank 0 of {dist.world_size}, {stats['skipped']} kept, "
+              f"{stats['images_per_s']:.2f} img/s; folder {cfg['out']}, grid {stats['grid']}")
+    cleanup()
+    return stats

@@ -12,32 +12,12 @@ import time
 
 import torch
 
-from models.evaluation.common import test_accuracy
-from models.train_state import get_rng_state, set_rng_state
-from utils.errors import UserError
-from utils.io import atomic_torch_save
-
-STATE_FORMAT = "minimax-eval-state"
-STATE_SECONDS = 120  # ckpt_every None: a state at most this often (an IDC epoch of 100 images takes ms)
-
+from engines.evaluate.common import test_accuracy
+from engines.evaluate.state import STATE_SECONDS, load_state, save_state
 
 def eval_epochs(epochs, eval_every, after=0):
     """Epochs with a test: every `eval_every` epochs after epoch `after`, and always the last one."""
     return sorted({e for e in range(eval_every, epochs + 1, eval_every) if e > after} | {epochs})
-
-
-def _load_state(path, key, model, opt, sched, gen, train, device):
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != STATE_FORMAT or state.get("key") != key:
-        raise UserError(f"{path} is not the state of this run (key {state.get('key')} != {key}); delete it to "
-                        f"start the run again")
-    getattr(model, "_orig_mod", model).load_state_dict(state["model"])  # the same file with or without compile
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"], {"train": gen}, device)
-    if state.get("loader") is not None and hasattr(train, "set_state"):
-        train.set_state(state["loader"])
-    return state
 
 
 def fit(model, train, test, *, epochs, opt, sched, loss_fn, eval_at, gen, device, amp, state_path=None,
@@ -50,7 +30,7 @@ def fit(model, train, test, *, epochs, opt, sched, loss_fn, eval_at, gen, device
     "resumed_from"}; with `state_path`, continues from the state found there and keeps the final state."""
     start, curve, losses, seen, secs, resumed = 0, [], [], 0, 0.0, 0
     if state_path and os.path.isfile(state_path):
-        state = _load_state(state_path, state_key, model, opt, sched, gen, train, device)
+        state = load_state(state_path, state_key, model, opt, sched, gen, train, device)
         start, curve, losses = state["epoch"], state["curve"], state["loss"]
         seen, secs, resumed = state["seen"], state["seconds"], state["epoch"]
         log(f"{tag} resumed at epoch {start}/{epochs} from {state_path}")
@@ -78,12 +58,8 @@ def fit(model, train, test, *, epochs, opt, sched, loss_fn, eval_at, gen, device
         due = (time.time() - last_write >= STATE_SECONDS) if ckpt_every is None else \
             (ckpt_every > 0 and epoch % ckpt_every == 0)
         if state_path and (due or epoch == epochs):
-            atomic_torch_save({"format": STATE_FORMAT, "key": state_key, "epoch": epoch, "epochs": epochs,
-                               "model": getattr(model, "_orig_mod", model).state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "rng": get_rng_state({"train": gen}, device),
-                               "loader": train.get_state() if hasattr(train, "get_state") else None,
-                               "curve": curve, "loss": losses, "seen": seen, "seconds": time.time() - t0},
-                              state_path)
+            save_state(state_path, state_key, model, opt, sched, gen, train, device, epoch=epoch, epochs=epochs,
+                       curve=curve, loss=losses, seen=seen, seconds=time.time() - t0)
             last_write = time.time()
             if debug_kill_epoch == epoch:
                 os.kill(os.getpid(), signal.SIGKILL)  # testing: die like kill -9, right after the write

@@ -24,8 +24,8 @@ from models.difffit import apply_difffit
 from models.diffusion import Diffusion
 from models.dit import DiT_models
 from models.minimax import MinimaxCriterion
-from models.train_config import full_config, resume_conflicts
-from models.train_state import (CKPT_FORMAT, CKPT_VERSION, EMA, epoch_permutation, get_rng_state, rank_batch,
+from engines.train.schema import full_config, resume_conflicts
+from engines.train.state import (CKPT_FORMAT, CKPT_VERSION, EMA, epoch_permutation, get_rng_state, rank_batch,
                                 read_checkpoint, seed_everything, set_rng_state)
 from models.vae import load_vae
 from utils.config import suggest, save_config
@@ -340,7 +340,7 @@ def trim_log(path, step):
 #################################################################################
 
 def train(cfg):
-    """Fine-tune (or base-train) as `cfg` says; see models/train_config.py for every key. Returns a summary dict."""
+    """Fine-tune (or base-train) as `cfg` says; see engines/train/schema.py for every key. Returns a summary dict."""
     cfg = full_config(cfg)
     info = init_distributed(cfg["device"])
     try:
