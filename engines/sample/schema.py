@@ -3,11 +3,12 @@ across keys made before any model loads (no torch here)."""
 import os
 
 from data.subsets import subset_names
-from models import DIT_NAMES
+from models import DIT_NAMES, check_image_size
 from utils.config import Key, check_device, check_output
 from utils.errors import UserError
 
 DEFAULT_BASE = ("DiT-XL-2-256x256.pt", "facebook/DiT-XL-2-256")
+SD_VAE_HUB = ("stabilityai/sd-vae-ft-ema", "stabilityai/sd-vae-ft-mse")  # one encoder, two decoders
 
 # key -> Key(default, allowed values, help): parsing, --help and validation come from here.
 # configs/sample.yaml spells out the same defaults (tests/test_schema.py proves it).
@@ -58,16 +59,17 @@ CONFIG = {
                     type="str", choices=("none", "mode")),
     "mode_scale": Key(0.1, "mode guidance strength lambda: each step adds -lambda * sigma_t * (x0_hat - mode) "
                            "(ddim: -lambda * (x0_hat - mode) to x0_hat); MGD³'s 0.1", type="float", lo=0.0),
-    "mode_stop": Key(25, "guide only while the step index t > mode_stop (t counts num_steps-1 -> 0); MGD³: 25 of 50 "
-                         "(its sweep: 20 best, 10-30 fine)", type="int", lo=0),
+    "mode_stop": Key(None, "guide only while the step index t > mode_stop (t counts num_steps-1 -> 0); null = half of "
+                           "num_steps (MGD³: 25 of 50; its sweep: 20 best, 10-30 fine)", type="int", lo=0, null=True),
     "modes": Key("centroid", "centroid (k-means centres, MGD³'s) | nearest (the real train latent nearest to each "
                              "centre, a weaker variant)", type="str", choices=("centroid", "nearest")),
     "cache_dir": Key("cache/latents", "guidance: latent caches and modes files (train_minimax.py's cache_dir, shared: "
                                       "an existing cache of the same data and encoder is reused)",
                      type="str"),  # checked as an output location only when guidance uses it
-    "modes_vae": Key("stabilityai/sd-vae-ft-ema", "guidance: the encoder of the latent cache the modes come from "
-                                                  "(ft-ema and ft-mse share SD-VAE's encoder: only the decoders "
-                                                  "differ); 'pixel' for pixel models", type="str", required=True),
+    "modes_vae": Key(None, "guidance: the encoder of the latent cache the modes come from; null = the encoder of "
+                           "--vae (for an SD-VAE hub id stabilityai/sd-vae-ft-ema, the fine-tuning cache's: ft-ema and "
+                           "ft-mse share SD-VAE's encoder, only the decoders differ; pixel for pixel models)",
+                     type="str", null=True),
     #### speed
     "batch_size": Key(32, lo=1,
                       help="images sampled together per process (on a large GPU raise it with micro_batch, e.g. "
@@ -100,6 +102,7 @@ CONFIG = {
 def check_config(cfg):
     """Checks across keys, after the per-key schema (parse_config) and before anything is loaded."""
     if cfg["guidance"] == "mode":
+        resolve_guidance(cfg)
         if not cfg["train_dir"]:
             raise UserError("--guidance mode needs --train_dir: the train folder (<wnid>/<image>) the modes come from")
         if cfg["mode_stop"] >= cfg["num_steps"] - 1:
@@ -109,8 +112,21 @@ def check_config(cfg):
             raise UserError(f"modes_vae {cfg['modes_vae']} and vae {cfg['vae']} do not work in the same space; pass "
                             f"pixel for both (pixel models) or an SD-VAE for both")
         check_output(cfg["cache_dir"], "--cache_dir")
+    bad = check_image_size(cfg["image_size"], cfg["vae"], cfg["model"])
+    if bad:
+        raise UserError(bad)
     check_device(cfg["device"])
     return None if cfg["cfg_channels"] == "all" else cfg["cfg_channels"]
+
+
+def resolve_guidance(cfg):
+    """Fill the guidance keys left null from the sampler's own: mode_stop = num_steps // 2, modes_vae = the encoder
+    of --vae (SD-VAE hub ids share one encoder, so the fine-tuning cache's ft-ema is reused)."""
+    if cfg["mode_stop"] is None:
+        cfg["mode_stop"] = cfg["num_steps"] // 2
+    if cfg["modes_vae"] is None:
+        cfg["modes_vae"] = "stabilityai/sd-vae-ft-ema" if cfg["vae"] in SD_VAE_HUB else cfg["vae"]
+    return cfg
 
 
 def weights_source(cfg):

@@ -2,7 +2,7 @@
 import os
 
 from data.subsets import get_subset, subset_names
-from models import DIT_NAMES
+from models import DIT_NAMES, check_image_size
 from utils.config import Key, check_device, check_output, resolve
 from utils.errors import UserError
 
@@ -147,6 +147,9 @@ def check_config(cfg):
         get_subset(cfg["subset"], cfg["phase"], cfg["phase_size"])  # a phase the subset does not have
     if cfg["latent_cache"] or cfg["scan_cache"]:
         check_output(cfg["cache_dir"], "--cache_dir")
+    bad = check_image_size(cfg["image_size"], cfg["vae"], cfg["model"] if cfg["mode"] == "base" else None)
+    if bad:  # finetune: the base's input size is checked against the latent when it loads
+        raise UserError(bad)
     check_device(cfg["device"])
     return cfg
 
