@@ -69,11 +69,48 @@ def test_one_guided_step_equals_float64_formula():
     assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-5), (got.double() - ref).abs().max()
     plain = diffusion.p_step(out, x, i, noise)
     assert (got - plain).abs().max() > 1e-2  # the guidance term is not negligible here
-    # DDIM (eta 0): x0_hat moves by -lambda (x0_hat - m), eps is kept
+    # DDIM, MGD³'s guided step (ddim_sample_with_mode_guidance, issue 16): x0_hat moves by -lambda (x0_hat - m),
+    # eps is re-derived from the moved x0 (_predict_eps_from_xstart), and DDIM's eq. 12 uses both
     x0g = x0 - lam * (x0 - md)
-    ref = x0g * np.sqrt(acp[i]) + np.sqrt(1 - acp[i]) * eps
+    eps_g = (np.sqrt(1 / ack[i]) * xd - x0g) / np.sqrt(1 / ack[i] - 1)
+    ref = x0g * np.sqrt(acp[i]) + np.sqrt(1 - acp[i]) * eps_g
     got = diffusion.ddim_step(out, x, i, None, mode=m, mode_scale=lam)
     assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-5), (got.double() - ref).abs().max()
+    # its net move against the unguided step: -lambda d (sqrt(ab_prev) - sqrt(ab (1 - ab_prev) / (1 - ab)))
+    move = -lam * (x0 - md) * (np.sqrt(acp[i]) - np.sqrt(ack[i] * (1 - acp[i]) / (1 - ack[i])))
+    plain = diffusion.ddim_step(out, x, i, None)
+    assert torch.allclose((got - plain).double(), move, atol=1e-5), ((got - plain).double() - move).abs().max()
+    kept = x0g * np.sqrt(acp[i]) + np.sqrt(1 - acp[i]) * eps  # the eps-kept step (before issue 16) is not it
+    assert (got.double() - kept).abs().max() > 1e-2
+    # eta > 0: the same eps', sigma from the respaced alphas, plus sigma * noise
+    eta = 0.5
+    sig = eta * np.sqrt((1 - acp[i]) / (1 - ack[i])) * np.sqrt(1 - ack[i] / acp[i])
+    ref = x0g * np.sqrt(acp[i]) + np.sqrt(1 - acp[i] - sig ** 2) * eps_g + sig * nd
+    got = diffusion.ddim_step(out, x, i, noise, eta=eta, mode=m, mode_scale=lam)
+    assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-5), (got.double() - ref).abs().max()
+
+
+def test_guided_ddim_loop_on_ddim_spacing_equals_float64_reference():
+    """20 DDIM steps on DiT's ddim20 timesteps (0, 50, ..., 950), guided while i > 10 with eps re-derived from the
+    moved x0 (MGD³'s ddim_sample_loop_with_mode_guidance), against float64."""
+    seeds, lam, stop, n = [image_seed(0, WOOF[1], i) for i in range(3)], 0.3, 10, 20
+    m = _modes(3, seed=2, shape=(2, 4, 4))
+    diffusion = Diffusion.linear(1000).respaced(n, "ddim")
+    z = sample_latents(FakeDiT(), diffusion, [1, 2, 3], seeds, sampler="ddim", micro_batch=2, modes=m,
+                       mode_scale=lam, mode_stop=stop)
+    keep = list(range(0, 1000, 1000 // n))  # ADM/DiT's ddimN: stride 1000 // n when it gives exactly n steps
+    ack = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))[keep]
+    acp = np.append(1.0, ack[:-1])
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    x = torch.stack([torch.randn(2, 4, 4, generator=q) for q in gens]).double()
+    for i in reversed(range(n)):
+        eps = FakeDiT.out(x, torch.full((3,), keep[i])).chunk(2, 1)[0]
+        x0 = np.sqrt(1 / ack[i]) * x - np.sqrt(1 / ack[i] - 1) * eps
+        if i > stop:
+            x0 = x0 - lam * (x0 - m.double())
+            eps = (np.sqrt(1 / ack[i]) * x - x0) / np.sqrt(1 / ack[i] - 1)
+        x = x0 * np.sqrt(acp[i]) + np.sqrt(1 - acp[i]) * eps
+    assert torch.allclose(z.double(), x, rtol=1e-4, atol=1e-5), (z.double() - x).abs().max()
 
 
 def test_guided_loop_equals_float64_reference():
