@@ -17,8 +17,9 @@ vectors. Here:
 Files `<cache_dir>/modes/<key>.npy` and `<key>.json`, key = hash(format version, latent cache key (data, encoder,
 storage dtype), IPC, k-means settings, flip rule and seed):
   .npy   float32 (K, 2, IPC, C, h, w): [:, 0] the k-means centroids, [:, 1] the real latent nearest to each one
-  .json  what was clustered and how: classes, IPC, cache key, VAE, flip rule, the item behind each nearest latent,
-         the .npy's sha256 (written last: a .json whose sha256 matches vouches for a complete .npy)
+  .json  what was clustered and how: classes, IPC, cache key, VAE, precision, flip rule and seed, mirrored count,
+         the item behind each nearest latent, the .npy's sha256 (written last: a .json whose sha256 matches vouches
+         for a complete .npy)
 Both are functions of the cache content only (no timestamps; k-means on one thread), so two builds give identical
 bytes, whatever the machine's core count (ImageWoof: ~4 s per class at IPC 100 on one CPU core). Files of another
 format version (v1: unmirrored float16 means, clustered in float64) are refused by load_modes, never reused.
@@ -119,8 +120,9 @@ def build_modes(cache, dataset, ipc, path, flip="random", seed=0):
     atomic_write_bytes(path, data)
     meta = {"format": MODES_FORMAT, "version": MODES_VERSION, "wnids": list(dataset.subset.wnids), "ipc": int(ipc),
             "kinds": list(KINDS), "latent_shape": list(shape), "scale": cache.scale, "cache_key": cache.meta["key"],
-            "vae": cache.meta["vae"], "image_size": cache.meta["image_size"], "clustered": "float32 posterior means "
-            "x scale of each image, mirrored where its flip draw says", "precision": cache.meta["dtype"],
+            "vae": cache.meta["vae"], "image_size": cache.meta["image_size"], "clustered": f"posterior means x scale "
+            f"(stored as {cache.meta['dtype']}, clustered in float32), mirrored where the flip draw says",
+            "precision": cache.meta["dtype"],
             "flip": _flip_desc(flip, seed), "mirrored": mirrored, "kmeans": dict(KMEANS, n_clusters=int(ipc)),
             "sklearn": sklearn_version, "nearest_items": dict(zip(dataset.subset.wnids, nearest)),
             "sha256": hashlib.sha256(data).hexdigest()}
@@ -152,7 +154,8 @@ def load_modes(path, wnids, ipc, kind="centroid"):
     raw, meta = verified
     if meta.get("format") != MODES_FORMAT or meta.get("version") != MODES_VERSION:
         raise UserError(f"modes file {path} is {meta.get('format')} version {meta.get('version')}, not version "
-                        f"{MODES_VERSION} (MGD³'s flipped float32 means since issue 16); delete it and rerun to rebuild")
+                        f"{MODES_VERSION} (MGD³'s flipped float32 means since issue 16); delete it and rerun to "
+                        f"rebuild")
     missing = [w for w in wnids if w not in meta["wnids"]]
     if missing or meta["ipc"] != ipc:
         raise UserError(f"modes file {path} holds {meta['ipc']} modes of {len(meta['wnids'])} classes, not {ipc} of "
