@@ -23,6 +23,26 @@ def space_timesteps(num_steps, n):
     return [round(i * stride) for i in range(n)]
 
 
+def ddim_counts(num_steps):
+    """The step counts n that DiT/ADM's "ddimN" respacing can make from num_steps (one integer stride each)."""
+    return sorted({len(range(0, num_steps, s)) for s in range(1, num_steps)})
+
+
+def space_timesteps_ddim(num_steps, n):
+    """DiT/ADM's "ddimN" respacing (diffusion/respace.py), which DDIM samplers there use (MGD³'s too): the timesteps
+    0, s, 2s, ... < num_steps for the smallest integer stride s giving exactly n of them (20 of 1000 -> 0, 50, ...,
+    950; 50 -> 0, 20, ..., 980). num_steps - 1 is kept only when s = 1. Most n have no such stride (37, 41, ...)."""
+    for s in range(1, num_steps):
+        if len(range(0, num_steps, s)) == n:
+            return list(range(0, num_steps, s))
+    near = min(ddim_counts(num_steps), key=lambda c: (abs(c - n), c))
+    raise ValueError(f"no integer stride gives exactly {n} DDIM steps of {num_steps} (DiT's ddim{n} respacing); "
+                     f"the nearest count that does is {near}")
+
+
+SPACINGS = ("even", "ddim")  # respaced(n, spacing): DiT's "N" (create_diffusion(str(n))) | DiT's "ddimN"
+
+
 def mean_flat(x):
     return x.mean(dim=list(range(1, x.ndim)))
 
@@ -74,9 +94,12 @@ class Diffusion:
     def linear(cls, num_steps=1000):
         return cls(linear_betas(num_steps))
 
-    def respaced(self, n):
-        """Keep n evenly spaced steps; betas recomputed from the kept cumulative alphas."""
-        keep = space_timesteps(self.num_steps, n)
+    def respaced(self, n, spacing="even"):
+        """Keep n steps, betas recomputed from the kept cumulative alphas. spacing "even": round(linspace(0, T-1, n))
+        (DiT's create_diffusion(str(n)), its sampling default); "ddim": DiT's "ddimN" stride (space_timesteps_ddim)."""
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
+        keep = (space_timesteps if spacing == "even" else space_timesteps_ddim)(self.num_steps, n)
         last, betas = 1.0, []
         for i in keep:
             betas.append(1.0 - self.alphas_cumprod[i] / last)
@@ -149,13 +172,17 @@ class Diffusion:
         return mean + sigma * noise
 
     def ddim_step(self, model_out, x, i, noise=None, eta=0.0, mode=None, mode_scale=0.0):
-        """One DDIM step from step i (eta = 0: deterministic). With a mode m: the predicted x0 moves by
-        -mode_scale * (x0_hat - m) before the step (MGD³'s DDIM variant); eps is kept."""
+        """One DDIM step from step i (eta = 0: deterministic). With a mode m, MGD³'s guided DDIM step (its
+        ddim_sample_with_mode_guidance): x0_hat moves by -mode_scale * (x0_hat - m), then eps is re-derived from the
+        moved x0 and x_t, eps' = (sqrt(1/abar_t) x_t - x0') / sqrt(1/abar_t - 1), and the step uses both; at eta 0
+        the net move of x_{t-1} is -mode_scale (x0_hat - m) (sqrt(abar_prev) - sqrt(abar_t (1 - abar_prev) /
+        (1 - abar_t)))."""
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         eps = model_out.chunk(2, dim=1)[0] if model_out.shape[1] == 2 * x.shape[1] else model_out
         x0 = self.predict_x0(x, t, eps)
-        if mode is not None:
+        if mode is not None and mode_scale != 0:  # lambda 0 is no guidance: eps stays the model's, bit for bit
             x0 = x0 - mode_scale * (x0 - mode)
+            eps = (self._coef("sqrt_recip_ac", t, x) * x - x0) / self._coef("sqrt_recipm1_ac", t, x)
         ab = self._coef("alphas_cumprod", t, x)
         ab_prev = self._coef("alphas_cumprod_prev", t, x)
         sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)

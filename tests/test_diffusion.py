@@ -31,6 +31,36 @@ def ref_step(model_out, x, i, ab, ab_prev, beta):
     return mean, log_var
 
 
+def _ddim_keep(n, T=T):
+    """DiT/ADM's space_timesteps(T, "ddimN") restated: the first stride s = 1, 2, ... with len(range(0, T, s)) == n."""
+    for s in range(1, T):
+        if -(-T // s) == n:  # len(range(0, T, s)) = ceil(T / s)
+            return np.arange(0, T, s)
+    return None
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 20, 25, 36, 50, 100, 250])
+def test_ddim_respacing_is_dits_stride(n):
+    d = Diffusion.linear(T).respaced(n, "ddim")
+    keep = _ddim_keep(n)
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, T, dtype=np.float64))
+    assert d.timesteps == keep.tolist() and len(keep) == n
+    assert np.allclose(d.alphas_cumprod, abar[keep], rtol=1e-12)
+    assert np.allclose(d.betas, 1 - abar[keep] / np.append(1.0, abar[keep][:-1]), rtol=1e-12)
+    if n == 20:
+        assert d.timesteps[:3] == [0, 50, 100] and d.timesteps[-1] == 950  # not 999: no step at pure noise
+        assert Diffusion.linear(T).respaced(20).timesteps[-1] == 999  # even spacing (the ancestral default) keeps it
+
+
+def test_ddim_respacing_refuses_counts_without_a_stride():
+    assert _ddim_keep(37) is None
+    with pytest.raises(ValueError, match="no integer stride gives exactly 37 DDIM steps of 1000.*nearest count that "
+                                         "does is 36"):
+        Diffusion.linear(T).respaced(37, "ddim")
+    with pytest.raises(ValueError, match="unknown spacing"):
+        Diffusion.linear(T).respaced(20, "linspace")
+
+
 def test_respacing_50():
     d = Diffusion.linear(T).respaced(50)
     keep, ab, _, beta = reference(50)

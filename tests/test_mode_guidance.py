@@ -1,6 +1,8 @@
 """Mode guidance (MGD³): one guided step and the guided loop against float64 references, `guidance none` equal to the
 sampler before it existed, guided samples closer to their modes, batch-size invariance and manifest refusals with
-modes, the modes file (k-means of the unmirrored cached means, identical bytes across builds), and the CLI."""
+modes, the modes file (float32 k-means of MGD³'s randomly flipped means, identical bytes across builds), and the
+CLI."""
+import hashlib
 import json
 import os
 import subprocess
@@ -13,7 +15,7 @@ import torch
 from data.eval_data import take_first
 from data.folder import SubsetImageFolder
 from data.latent_cache import build_latent_cache
-from data.modes import build_modes, kmeans_modes, load_modes, modes_complete
+from data.modes import build_modes, ensure_modes, kmeans_modes, load_modes, modes_complete, modes_flips
 from data.subsets import Subset
 from helpers import make_tiny_dit, save_original
 from models.diffusion import Diffusion
@@ -69,11 +71,48 @@ def test_one_guided_step_equals_float64_formula():
     assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-5), (got.double() - ref).abs().max()
     plain = diffusion.p_step(out, x, i, noise)
     assert (got - plain).abs().max() > 1e-2  # the guidance term is not negligible here
-    # DDIM (eta 0): x0_hat moves by -lambda (x0_hat - m), eps is kept
+    # DDIM, MGD³'s guided step (ddim_sample_with_mode_guidance, issue 16): x0_hat moves by -lambda (x0_hat - m),
+    # eps is re-derived from the moved x0 (_predict_eps_from_xstart), and DDIM's eq. 12 uses both
     x0g = x0 - lam * (x0 - md)
-    ref = x0g * np.sqrt(acp[i]) + np.sqrt(1 - acp[i]) * eps
+    eps_g = (np.sqrt(1 / ack[i]) * xd - x0g) / np.sqrt(1 / ack[i] - 1)
+    ref = x0g * np.sqrt(acp[i]) + np.sqrt(1 - acp[i]) * eps_g
     got = diffusion.ddim_step(out, x, i, None, mode=m, mode_scale=lam)
     assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-5), (got.double() - ref).abs().max()
+    # its net move against the unguided step: -lambda d (sqrt(ab_prev) - sqrt(ab (1 - ab_prev) / (1 - ab)))
+    move = -lam * (x0 - md) * (np.sqrt(acp[i]) - np.sqrt(ack[i] * (1 - acp[i]) / (1 - ack[i])))
+    plain = diffusion.ddim_step(out, x, i, None)
+    assert torch.allclose((got - plain).double(), move, atol=1e-5), ((got - plain).double() - move).abs().max()
+    kept = x0g * np.sqrt(acp[i]) + np.sqrt(1 - acp[i]) * eps  # the eps-kept step (before issue 16) is not it
+    assert (got.double() - kept).abs().max() > 1e-2
+    # eta > 0: the same eps', sigma from the respaced alphas, plus sigma * noise
+    eta = 0.5
+    sig = eta * np.sqrt((1 - acp[i]) / (1 - ack[i])) * np.sqrt(1 - ack[i] / acp[i])
+    ref = x0g * np.sqrt(acp[i]) + np.sqrt(1 - acp[i] - sig ** 2) * eps_g + sig * nd
+    got = diffusion.ddim_step(out, x, i, noise, eta=eta, mode=m, mode_scale=lam)
+    assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-5), (got.double() - ref).abs().max()
+
+
+def test_guided_ddim_loop_on_ddim_spacing_equals_float64_reference():
+    """20 DDIM steps on DiT's ddim20 timesteps (0, 50, ..., 950), guided while i > 10 with eps re-derived from the
+    moved x0 (MGD³'s ddim_sample_loop_with_mode_guidance), against float64."""
+    seeds, lam, stop, n = [image_seed(0, WOOF[1], i) for i in range(3)], 0.3, 10, 20
+    m = _modes(3, seed=2, shape=(2, 4, 4))
+    diffusion = Diffusion.linear(1000).respaced(n, "ddim")
+    z = sample_latents(FakeDiT(), diffusion, [1, 2, 3], seeds, sampler="ddim", micro_batch=2, modes=m,
+                       mode_scale=lam, mode_stop=stop)
+    keep = list(range(0, 1000, 1000 // n))  # ADM/DiT's ddimN: stride 1000 // n when it gives exactly n steps
+    ack = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))[keep]
+    acp = np.append(1.0, ack[:-1])
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    x = torch.stack([torch.randn(2, 4, 4, generator=q) for q in gens]).double()
+    for i in reversed(range(n)):
+        eps = FakeDiT.out(x, torch.full((3,), keep[i])).chunk(2, 1)[0]
+        x0 = np.sqrt(1 / ack[i]) * x - np.sqrt(1 / ack[i] - 1) * eps
+        if i > stop:
+            x0 = x0 - lam * (x0 - m.double())
+            eps = (np.sqrt(1 / ack[i]) * x - x0) / np.sqrt(1 / ack[i] - 1)
+        x = x0 * np.sqrt(acp[i]) + np.sqrt(1 - acp[i]) * eps
+    assert torch.allclose(z.double(), x, rtol=1e-4, atol=1e-5), (z.double() - x).abs().max()
 
 
 def test_guided_loop_equals_float64_reference():
@@ -229,26 +268,61 @@ def data(tmp_path_factory):
     return SubsetImageFolder(root, Subset("tiny", list(WNIDS)), 16, flip=False)
 
 
-def test_modes_are_kmeans_of_unmirrored_means_and_identical_across_builds(data, tmp_path):
+def _mgd3_features(data, vae, seed):
+    """MGD³'s feature pass (get_loader + get_features_per_class), restated with its random draws forced to this
+    project's rule: per image the ADM centre crop, RandomHorizontalFlip's `torch.rand(1) < 0.5` drawn from a generator
+    seeded by sha256('{seed}/modes-flip/{path}'), then the encoder ALONE on that image (batch 1), posterior mean x
+    scale, float32. Returns ({label: (n, D) float32}, (N,) flips)."""
+    feats, flips = {}, []
+    for n, (rel, y) in enumerate(data.items):
+        s = int.from_bytes(hashlib.sha256(f"{seed}/modes-flip/{rel}".encode()).digest()[:8], "big") >> 1
+        flip = bool(torch.rand(1, generator=torch.Generator().manual_seed(s)) < 0.5)
+        x = data.load(n, flip=False)  # (3, S, S) in [-1, 1]
+        x = torch.flip(x, dims=[-1]) if flip else x
+        mean, _ = vae.encode_stats(x[None].float())
+        feats.setdefault(y, []).append((mean[0] * vae.scale).reshape(-1).numpy())
+        flips.append(int(flip))
+    return {y: np.stack(f) for y, f in feats.items()}, np.array(flips)
+
+
+def test_modes_are_float32_kmeans_of_mgd3s_flipped_means_and_identical_across_builds(data, tmp_path):
+    """Issue 16: MGD³ clusters each class's images after a random horizontal flip, in float32 (the default now)."""
     from sklearn.cluster import KMeans
     files = []
     for k in range(2):
-        cache = build_latent_cache(data, FakeVAE(), str(tmp_path / f"c{k}"), progress=False)
-        path = build_modes(cache, data, 3, str(tmp_path / f"c{k}" / "modes" / "m.npy"))
+        cache = build_latent_cache(data, FakeVAE(), str(tmp_path / f"c{k}"), dtype="float32", progress=False)
+        path = build_modes(cache, data, 3, str(tmp_path / f"c{k}" / "modes" / "m.npy"), "random", 5)
         files.append([open(p, "rb").read() for p in (path, path[:-4] + ".json")])
     assert files[0] == files[1]  # the .npy and the .json, byte for byte
     modes, info = load_modes(path, list(WNIDS), 3, "centroid")
     nearest, _ = load_modes(path, list(WNIDS), 3, "nearest")
     assert modes.shape == (3, 3, 4, 2, 2) and info["ipc"] == 3 and info["modes"] == "centroid"
     meta = json.load(open(path[:-4] + ".json"))
+    feats, flips = _mgd3_features(data, FakeVAE(), seed=5)
+    assert 0 < flips.sum() < len(flips)  # both orientations occur in this draw
+    assert meta["flip"]["seed"] == 5 and sum(meta["mirrored"].values()) == flips.sum()
+    assert meta["version"] == 2 and meta["precision"] == "float32"
     for j, w in enumerate(WNIDS):
+        km = KMeans(n_clusters=3, random_state=0, n_init="auto").fit(feats[j])  # float32 in, float32 k-means
+        assert km.cluster_centers_.dtype == np.float32
+        assert np.allclose(modes[j].reshape(3, -1).numpy(), km.cluster_centers_, rtol=1e-6, atol=1e-7)
+        rows = [data.items.index((rel, j)) for rel in meta["nearest_items"][w]]
+        ref = np.stack([feats[j][[n for n, (_, y) in enumerate(data.items) if y == j].index(r)] for r in rows])
+        assert np.allclose(nearest[j].reshape(3, -1).numpy(), ref, rtol=1e-6, atol=1e-7)
+    # the draws depend on (seed, path) only: not on the order or on the other items; another seed, other draws
+    rels = [rel for rel, _ in data.items]
+    assert np.array_equal(modes_flips(rels[::-1], 5), flips[::-1]) and np.array_equal(modes_flips(rels[:4], 5),
+                                                                                      flips[:4])
+    assert not np.array_equal(modes_flips(rels, 6), flips) and not modes_flips(rels, 5, "none").any()
+    # modes_flip none: the unmirrored means (this project's rule before issue 16)
+    plain = build_modes(cache, data, 3, str(tmp_path / "none.npy"), "none", 5)
+    unmirrored, _ = load_modes(plain, list(WNIDS), 3)
+    for j in range(3):
         idx = [n for n, (_, y) in enumerate(data.items) if y == j]
-        z = np.asarray(cache.mean[idx, 0], dtype=np.float64).reshape(len(idx), -1) * cache.scale  # unmirrored
+        z = (torch.from_numpy(np.asarray(cache.mean[idx, 0])) * cache.scale).reshape(len(idx), -1).numpy()
         km = KMeans(n_clusters=3, random_state=0, n_init="auto").fit(z)
-        assert np.allclose(modes[j].reshape(3, -1).numpy(), km.cluster_centers_, atol=1e-6)
-        items = [data.items.index((rel, j)) for rel in meta["nearest_items"][w]]
-        assert torch.equal(nearest[j].reshape(3, -1), torch.from_numpy(
-            np.asarray(cache.mean[items, 0], dtype=np.float32)).reshape(3, -1) * cache.scale)
+        assert np.allclose(unmirrored[j].reshape(3, -1).numpy(), km.cluster_centers_, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(unmirrored, modes)
     with pytest.raises(UserError, match="holds 3 modes of 3 classes, not 4"):
         load_modes(path, list(WNIDS), 4)
     with pytest.raises(UserError, match="fewer than the 8 modes"):
@@ -266,6 +340,40 @@ def test_modes_are_kmeans_of_unmirrored_means_and_identical_across_builds(data, 
     assert not modes_complete(path)
     with pytest.raises(UserError, match="missing or incomplete"):
         load_modes(path, list(WNIDS), 3)
+
+
+def test_modes_precision_float32_whatever_the_fine_tuning_cache_and_old_files_refused(data, tmp_path, capsys):
+    """Issue 16: the default clusters float32 means even when only a float16 cache exists (ensure_modes builds the
+    float32 cache); modes_precision float16 reuses the float16 cache (its rounded means); a version-1 file is refused
+    by load_modes and left unused (with a note) by ensure_modes."""
+    from sklearn.cluster import KMeans
+    from data.latent_cache import cache_key
+    cache_dir = str(tmp_path / "cache")
+    half = build_latent_cache(data, PixelVAE(), cache_dir, dtype="float16", progress=False)  # as fine-tuning's
+    os.makedirs(os.path.join(cache_dir, "modes"))
+    old = os.path.join(cache_dir, "modes", "old.npy")
+    np.save(old, np.zeros((3, 2, 3, 3, 16, 16), np.float32))
+    with open(old, "rb") as f:
+        json.dump({"format": "minimax-modes", "version": 1, "sha256": hashlib.sha256(f.read()).hexdigest(),
+                   "wnids": list(WNIDS), "ipc": 3}, open(old[:-4] + ".json", "w"))
+    with pytest.raises(UserError, match="version 1, not version 2 .*delete it and rerun to rebuild"):
+        load_modes(old, list(WNIDS), 3)
+    p32 = ensure_modes(data, 3, cache_dir, "pixel", seed=1, progress=False)
+    assert "note: 1 modes file(s) of an older format" in capsys.readouterr().out
+    assert os.path.isdir(os.path.join(cache_dir, cache_key(data, PixelVAE(), "float32")))  # built beside the f16 one
+    p16 = ensure_modes(data, 3, cache_dir, "pixel", seed=1, precision="float16", progress=False)
+    m32, m16 = load_modes(p32, list(WNIDS), 3)[0], load_modes(p16, list(WNIDS), 3)[0]
+    feats, flips = _mgd3_features(data, PixelVAE(), seed=1)
+    for j in range(3):
+        ref = KMeans(n_clusters=3, random_state=0, n_init="auto").fit(feats[j]).cluster_centers_
+        assert np.array_equal(m32[j].reshape(3, -1).numpy(), ref)  # pixel 'encoder': the same floats exactly
+        idx = [n for n, (_, y) in enumerate(data.items) if y == j]
+        z16 = half.stats(idx, flips[idx])[0].reshape(len(idx), -1).numpy()  # float16-rounded, as stored
+        assert np.array_equal(m16[j].reshape(3, -1).numpy(),
+                              KMeans(n_clusters=3, random_state=0, n_init="auto").fit(z16).cluster_centers_)
+    diff = (m32 - m16).abs().max().item()
+    assert 0 < diff < 4e-3  # float16 storage moves the centroids (values in [-1, 1]: rounding 2^-11 relative)
+    assert json.load(open(p16[:-4] + ".json"))["precision"] == "float16"
 
 
 #################################################################################
@@ -307,6 +415,35 @@ def test_cli_guided_builds_modes_once_torchrun_and_kill_resume_match(tiny, tmp_p
     bad = _cli(*base, "--ipc", "3", "--out", tmp_path / "x")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --guidance mode needs --train_dir: the train folder (<wnid>/<image>) the modes come from"]
+
+
+def test_cli_sampler_ddim_uses_dits_ddimN_spacing(tiny, tmp_path, capsys):
+    """--sampler ddim respaces as DiT/ADM's "ddimN" (MGD³'s create_diffusion('ddim' + N)), recorded in the manifest;
+    --spacing even keeps round(linspace(0, 999, n)); a count no stride gives is one line, exit 2, nothing written."""
+    import engines.sample as sample
+    from utils.errors import run_cli
+
+    def main(*argv):
+        capsys.readouterr()
+        try:
+            run_cli(sample.main, [str(a) for a in argv])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+    base = ["--ckpt", "none", "--base", save_original(tiny, tmp_path / "tiny.pt"), "--model", "DiT-T/2", "--vae",
+            "pixel", "--image_size", "8", "--device", "cpu", "--subset", "custom", "--class_file",
+            _write(tmp_path / "c.txt", WOOF[0]), "--ipc", "1", "--grid", "0", "--progress", "false"]
+    for argv, keep in ((["--sampler", "ddim"], [0, 200, 400, 600, 800]),
+                       (["--sampler", "ddim", "--spacing", "even"], [0, 250, 500, 749, 999])):
+        out = tmp_path / f"s{len(os.listdir(tmp_path))}"
+        code, err = main(*base, "--num_steps", 5, "--out", out, *argv)
+        assert code == 0, err
+        assert json.load(open(out / "manifest.json"))["pixels"]["timesteps"] == keep, argv
+    code, err = main(*base, "--num_steps", 37, "--sampler", "ddim", "--out", tmp_path / "bad")
+    assert code == 2 and err.strip().splitlines() == [
+        "error: --num_steps 37 has no ddim spacing (no integer stride gives exactly 37 of 1000 timesteps, as DiT's "
+        "ddimN); use --num_steps 36 or --spacing even"] and not (tmp_path / "bad").exists()
 
 
 #################################################################################

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from data.folder import SubsetImageFolder
 from data.modes import ensure_modes, load_modes
 from data.subsets import resolve_subset
-from engines.sample.schema import weights_source
+from engines.sample.schema import spacing, weights_source
 from engines.sample.state import (MANIFEST, MANIFEST_FORMAT, check_out_dir, check_resume, clean, grid_path, image_path,
                                   weights_fingerprint)
 from models.diffusion import Diffusion
@@ -396,10 +396,11 @@ def run(cfg):
 
     identity = {"weights": dict(ident, ema=cfg["ema"], base=meta.get("base")), "vae": vae_identity(cfg["vae"]),
                 "image_size": cfg["image_size"]}
-    diffusion = Diffusion.linear(1000).respaced(cfg["num_steps"])
+    diffusion = Diffusion.linear(1000).respaced(cfg["num_steps"], spacing(cfg))  # the manifest records its timesteps
     guide = {}
     if train_data is not None:  # the modes file is built once (rank 0) and then only read
-        path = ensure_modes(train_data, cfg["ipc"], cfg["cache_dir"], cfg["modes_vae"], is_main=dist.is_main,
+        path = ensure_modes(train_data, cfg["ipc"], cfg["cache_dir"], cfg["modes_vae"], flip=cfg["modes_flip"],
+                            seed=cfg["seed"], precision=cfg["modes_precision"], is_main=dist.is_main,
                             device=dist.device, progress=cfg["progress"])
         modes, info = load_modes(path, subset.wnids, cfg["ipc"], cfg["modes"])
         if tuple(modes.shape[2:]) != (arch["in_channels"], latent, latent):

@@ -43,9 +43,13 @@ CONFIG = {
                            "SD-VAE)"),
     #### sampler (SPEC §4)
     "num_steps": Key(50, lo=2, hi=1000,
-                     help="sampling steps respaced evenly from 1000 (timesteps round(linspace(0, 999, n)))"),
+                     help="sampling steps respaced from 1000 (see spacing)"),
     "sampler": Key("ancestral", choices=("ancestral", "ddim"),
                    help="ancestral (DDPM with learned variance, the authors') | ddim"),
+    "spacing": Key("auto", choices=("auto", "even", "ddim"),
+                   help="kept timesteps: auto = even for ancestral, ddim for ddim (as DiT/ADM and MGD³ create "
+                        "them) | even: round(linspace(0, 999, n)) (DiT's \"N\", 999 included) | ddim: 0, s, 2s, ... "
+                        "for the integer stride s giving n (DiT's \"ddimN\": 20 steps -> 0, 50, ..., 950)"),
     "ddim_eta": Key(0.0, lo=0, hi=1, help="ddim: noise scale (0 = deterministic)"),
     "cfg_scale": Key(4.0, lo=0, help="classifier-free guidance scale (1 = none: a single conditional forward)"),
     "cfg_channels": Key(3, type="int", lo=1, literals=("all",),
@@ -58,11 +62,20 @@ CONFIG = {
                             "k-means centroids (k = ipc) of c's train latents; no extra model call",
                     type="str", choices=("none", "mode")),
     "mode_scale": Key(0.1, "mode guidance strength lambda: each step adds -lambda * sigma_t * (x0_hat - mode) "
-                           "(ddim: -lambda * (x0_hat - mode) to x0_hat); MGD³'s 0.1", type="float", lo=0.0),
+                           "(ddim: x0_hat moves by -lambda * (x0_hat - mode) and eps is re-derived from it, as "
+                           "MGD³'s guided DDIM); MGD³'s 0.1", type="float", lo=0.0),
     "mode_stop": Key(None, "guide only while the step index t > mode_stop (t counts num_steps-1 -> 0); null = half of "
                            "num_steps (MGD³: 25 of 50; its sweep: 20 best, 10-30 fine)", type="int", lo=0, null=True),
     "modes": Key("centroid", "centroid (k-means centres, MGD³'s) | nearest (the real train latent nearest to each "
                              "centre, a weaker variant)", type="str", choices=("centroid", "nearest")),
+    "modes_flip": Key("random", "random (MGD³'s: each train image mirrored with p 0.5 before clustering, one draw "
+                                "per image seeded by --seed and its path, so every build clusters the same) | none "
+                                "(never mirrored; one modes file for every seed)", type="str",
+                      choices=("random", "none")),
+    "modes_precision": Key("float32", "float32 (MGD³'s: posterior means as the encoder gives them, from a float32 "
+                                      "latent cache, built if missing) | float16 (from a float16 cache such as the "
+                                      "fine-tuning default: no encoding if it exists, means rounded to 2^-11)",
+                           type="str", choices=("float32", "float16")),
     "cache_dir": Key("cache/latents", "guidance: latent caches and modes files (train_minimax.py's cache_dir, shared: "
                                       "an existing cache of the same data and encoder is reused)",
                      type="str"),  # checked as an output location only when guidance uses it
@@ -99,8 +112,22 @@ CONFIG = {
 #                                   Validation                                  #
 #################################################################################
 
+def spacing(cfg):
+    """The timestep spacing of models/diffusion.Diffusion.respaced: even | ddim ('auto' resolved by the sampler)."""
+    if cfg["spacing"] != "auto":
+        return cfg["spacing"]
+    return "ddim" if cfg["sampler"] == "ddim" else "even"
+
+
 def check_config(cfg):
     """Checks across keys, after the per-key schema (parse_config) and before anything is loaded."""
+    if spacing(cfg) == "ddim":  # DiT's ddimN: only the counts some integer stride gives (no torch needed)
+        counts = sorted({len(range(0, 1000, s)) for s in range(1, 1000)})
+        if cfg["num_steps"] not in counts:
+            near = min(counts, key=lambda c: (abs(c - cfg["num_steps"]), c))
+            raise UserError(f"--num_steps {cfg['num_steps']} has no ddim spacing (no integer stride gives exactly "
+                            f"{cfg['num_steps']} of 1000 timesteps, as DiT's ddimN); use --num_steps {near} or "
+                            f"--spacing even")
     if cfg["guidance"] == "mode":
         resolve_guidance(cfg)
         if not cfg["train_dir"]:
