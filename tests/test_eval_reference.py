@@ -132,6 +132,23 @@ def test_idc_train_batch_equals_torchvision_composition():
     assert (ours - ref).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("src,size,n", [(256, 224, 2), (25, 16, 8)])
+def test_rded_train_batch_equals_torchvision_composition(src, size, n):
+    """rded_train_batch = per image ShufflePatches (an odd side loses its remainder) -> RandomResizedCrop(size,
+    (0.5, 1)) as torchvision's resized_crop on the drawn box -> flip -> normalise, on the same draws; 256 px
+    generated images go down to 224 (antialiased)."""
+    u8 = torch.randint(0, 256, (n, 3, src, src), dtype=torch.uint8, generator=torch.Generator().manual_seed(src))
+    ours = rded_train_batch(u8, size, 2, (0.5, 1.0), torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    x = shuffle_patches(u8.double() / 255, 2, g)
+    assert x.shape[-1] == src // 2 * 2
+    top, left, h, w = sample_crops(n, x.shape[2], x.shape[3], g, scale=(0.5, 1.0))
+    x = _torchvision_crops(x, top, left, h, w, size)
+    flip = torch.rand(n, generator=g) < 0.5
+    ref = normalize(torch.stack([TF.horizontal_flip(v) if f else v for v, f in zip(x, flip)]))
+    assert (ours.double() - ref).abs().max() < 5e-6  # [0, 1] within 1e-6, divided by std >= 0.224
+
+
 #### point 7: ShufflePatches drops the remainder, as RDED's ######################################################
 
 def _rded_shuffle_patches(img, factor, col_order, row_order):
@@ -167,6 +184,8 @@ def test_shuffle_patches_equals_rded_on_forced_orders(shape, factor):
 
 def test_rded_test_resize_is_size_div_7_times_8():
     assert [rded.val_resize_for(s) for s in (224, 128, 112, 64, 32, 16)] == [256, 144, 128, 72, 32, 16]
+    assert [s for s in range(8, 300) if rded.val_resize_for(s) != s // 7 * 8] == [9, 10, 11, 12, 13, 17, 18, 19, 20,
+                                                                             25, 26, 27, 33, 34, 41]
     assert rded.val_resize_for(20) == 20  # RDED's 16 would pad the centre crop: never below the size
 
 

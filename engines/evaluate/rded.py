@@ -59,7 +59,8 @@ def param_groups(model, weight_decay):
 
 def val_resize_for(image_size):
     """RDED's test Resize before CenterCrop(image_size): image_size // 7 * 8 (256 at 224, 72 at 64, 32 at 32);
-    never below image_size (at 9-13, 20, 27, 34 and 41 px RDED's rule would pad the centre crop with black)."""
+    never below image_size (at 9-13, 17-20, 25-27, 33, 34 and 41 px RDED's rule would pad the centre crop with
+    black)."""
     return max(image_size // 7 * 8, image_size)
 
 
