@@ -1,13 +1,13 @@
 """IDC training augmentation, batched on the device (GPU path) and per sample with PIL (reference path).
 
-Both paths share the tensor ops (colour jitter in random order, PCA lighting, normalisation) and draw crops from the
-same distribution (torchvision's RandomResizedCrop rule); only the crop/flip execution differs.
+Both paths share the tensor ops (colour jitter in random order, PCA lighting, normalisation), draw crops from the
+same distribution (torchvision's RandomResizedCrop rule) and compute each crop as torchvision's resized_crop
+(crop, then antialiased bilinear resize); only the execution (batched vs per sample) and the random streams differ.
 """
 import math
 
 import torch
 from torchvision import transforms as T
-from torchvision.ops import roi_align
 
 from data.folder import load_rgb
 
@@ -60,11 +60,35 @@ def sample_crops(n, height, width, generator=None, device="cpu", scale=CROP_SCAL
     return top, left, h, w
 
 
+def resample_weights(start, length, in_size, size):
+    """Per sample, the (size, in_size) matrix of torch's antialiased bilinear resize (`F.interpolate(...,
+    antialias=True)`, torchvision's `resize(antialias=True)`) of the window [start, start + length) to `size`
+    pixels -> (B, size, in_size) float32.
+
+    The rule (PIL's, which torch follows): scale = length / size, output i centred at scale (i + 0.5) in the
+    window, triangle filter of half-width max(scale, 1) stretched by max(scale, 1), taps clipped to the window
+    (edge clamping) and renormalised. Upsampling (scale <= 1) is plain bilinear with clamped borders; pixels
+    outside the window never contribute."""
+    start, length = start.double()[:, None, None], length.double()[:, None, None]  # (B, 1, 1)
+    scale = length / size
+    support = scale.clamp(min=1.0)  # half-width of the filter in source pixels
+    centre = scale * (torch.arange(size, dtype=torch.float64, device=start.device)[None, :, None] + 0.5)
+    rel = torch.arange(in_size, dtype=torch.float64, device=start.device)[None, None, :] - start  # (B, 1, in)
+    w = (1.0 - ((rel + 0.5 - centre) / support).abs()).clamp(min=0.0)  # (B, size, in)
+    w = w * ((rel >= 0) & (rel < length))
+    return (w / w.sum(-1, keepdim=True)).float()
+
+
 def crop_resize(x, top, left, h, w, size):
-    """Bilinear resize of each sample's box to size x size (half-pixel centres, like PIL upsampling)."""
-    idx = torch.arange(x.shape[0], device=x.device, dtype=x.dtype)
-    boxes = torch.stack([idx, left.to(x.dtype), top.to(x.dtype), (left + w).to(x.dtype), (top + h).to(x.dtype)], 1)
-    return roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    """Crop each sample's box, then resize it to size x size with antialiased bilinear interpolation: torchvision's
+    `resized_crop(x, top, left, h, w, [size, size], antialias=True)` per sample (RandomResizedCrop), batched as two
+    matrix products (horizontal pass first, as torch's). Only pixels inside the box contribute. Within 2e-7 of
+    torchvision in float64 (torchvision's own float32 kernel is 1.6e-5 off it), tested; on CUDA as long as TF32
+    matmuls stay off (PyTorch's default, which evaluate.py keeps)."""
+    wx = resample_weights(left, w, x.shape[3], size).to(x.dtype)  # (B, size, W)
+    wy = resample_weights(top, h, x.shape[2], size).to(x.dtype)  # (B, size, H)
+    x = torch.matmul(x, wx.transpose(1, 2)[:, None])  # (B, C, H, size)
+    return torch.matmul(wy[:, None], x)  # (B, C, size, size)
 
 
 #### Colour ##################################################################################################
@@ -127,32 +151,40 @@ def gpu_test_batch(images):
 
 #### RDED soft-label protocol (SPEC §9) #####################################################################
 
-def _strip_order(n, factor, length, generator, device):
-    """Per image, a source index for each of `length` positions after shuffling `factor` strips (the last strip
-    takes the remainder, as RDED) -> (n, length) int64."""
+def _strip_order(n, factor, length, generator, device, remainder="drop", order=None):
+    """Per image, the source index of each output position after shuffling `factor` strips -> (n, out) int64.
+    remainder "drop" (RDED's): strips of length // factor, the rest of an odd side is cut off (out = factor *
+    (length // factor)); "keep": the last strip also takes the remainder (out = length). `order` (n, factor) forces
+    the strip permutation (default: a uniform random one per image, as RDED's random.shuffle)."""
     base = length // factor
     sizes = torch.full((factor,), base, device=device)
-    sizes[-1] = length - base * (factor - 1)
+    if remainder == "keep":
+        sizes[-1] = length - base * (factor - 1)
     starts = torch.cumsum(sizes, 0) - sizes  # (factor,) where each strip begins in the source
-    order = torch.argsort(_rand((n, factor), generator, device), dim=1)  # (n, factor) a random strip order
+    if order is None:
+        order = torch.argsort(_rand((n, factor), generator, device), dim=1)  # (n, factor) a random strip order
     out_sizes = sizes[order]  # (n, factor)
     out_ends = torch.cumsum(out_sizes, 1)  # (n, factor) where each placed strip ends in the output
-    pos = torch.arange(length, device=device).expand(n, length).contiguous()
-    slot = torch.searchsorted(out_ends, pos, right=True)  # (n, length) which placed strip holds each position
+    total = int(sizes.sum())
+    pos = torch.arange(total, device=device).expand(n, total).contiguous()
+    slot = torch.searchsorted(out_ends, pos, right=True)  # (n, out) which placed strip holds each position
     offset = pos - (out_ends - out_sizes).gather(1, slot)
     return starts[order.gather(1, slot)] + offset
 
 
-def shuffle_patches(x, factor, generator=None):
+def shuffle_patches(x, factor, generator=None, remainder="drop", orders=None):
     """RDED's ShufflePatches per image: cut the width into `factor` strips and permute them at random, then the
-    same for the height (factor 2: swap the column halves or not, then the row halves or not)."""
+    same for the height (factor 2: swap the column halves or not, then the row halves or not). remainder "drop"
+    (RDED's) cuts the last W % factor columns and H % factor rows off, so an odd side shrinks by one at factor 2;
+    "keep" gives them to the last strip. (RDED's code keeps them in the one case where a strip is 1 px wide, a slip
+    of its index test; not reproduced.) `orders` = (column order, row order), each (B, factor), forces the draws."""
     if factor <= 1:
         return x
     b, c, hgt, wid = x.shape
-    cols = _strip_order(b, factor, wid, generator, x.device)  # (B, W)
-    x = x.gather(3, cols[:, None, None, :].expand(b, c, hgt, wid))
-    rows = _strip_order(b, factor, hgt, generator, x.device)  # (B, H)
-    return x.gather(2, rows[:, None, :, None].expand(b, c, hgt, wid))
+    cols = _strip_order(b, factor, wid, generator, x.device, remainder, None if orders is None else orders[0])
+    x = x.gather(3, cols[:, None, None, :].expand(b, c, hgt, cols.shape[1]))  # (B, C, H, W')
+    rows = _strip_order(b, factor, hgt, generator, x.device, remainder, None if orders is None else orders[1])
+    return x.gather(2, rows[:, None, :, None].expand(b, c, rows.shape[1], x.shape[3]))  # (B, C, H', W')
 
 
 def rded_train_batch(images, size, factor, scale, generator=None):
@@ -200,13 +232,15 @@ def cutmix_loss(logits, y, y_b, ratio):
 #### PIL reference path (per sample, in DataLoader workers) #################################################
 
 class PilTrainSet(torch.utils.data.Dataset):
-    """The authors' path: decode from disk every epoch, PIL crop/flip, tensor jitter/lighting per sample."""
+    """The authors' path: decode from disk every epoch, PIL Resize + CenterCrop, then as their transform_imagenet
+    on the float tensor (ToTensor first, so the crop's resize is not rounded to uint8): crop, flip, jitter,
+    lighting per sample."""
 
     def __init__(self, paths, labels, size):
         self.paths, self.labels = paths, labels
         self.load = T.Compose([T.Resize(size), T.CenterCrop(size)])
-        self.aug = T.Compose([T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO),
-                              T.RandomHorizontalFlip(), T.ToTensor()])
+        self.aug = T.Compose([T.ToTensor(), T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO,
+                                                                antialias=True), T.RandomHorizontalFlip()])
 
     def __len__(self):
         return len(self.paths)

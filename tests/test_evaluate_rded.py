@@ -90,7 +90,8 @@ def test_shuffle_patches_factor_2_per_image_on_fixed_seed():
     assert abs(sum(k in (1, 3) for k in seen) / 64 - 0.5) < 0.2
     assert torch.equal(shuffle_patches(x, 1, None), x)
     # odd sizes: the last strip takes the remainder, the pixels are a permutation of each row
-    y = shuffle_patches(torch.arange(7.0).view(1, 1, 1, 7).expand(8, 1, 1, 7), 3, torch.Generator().manual_seed(1))
+    y = shuffle_patches(torch.arange(7.0).view(1, 1, 1, 7).expand(8, 1, 1, 7), 3, torch.Generator().manual_seed(1),
+                        remainder="keep")
     assert all(sorted(r.flatten().tolist()) == list(range(7)) for r in y)
 
 

@@ -8,6 +8,7 @@ from data.eval_augment import cutmix, cutmix_loss, gpu_test_batch
 from data.eval_results import run_key
 from engines.evaluate.common import DeviceTrain, autocast_for, make_model, to_device_format
 from engines.evaluate.loop import best_and_last, eval_epochs, fit
+from models.classifiers import net_ident
 from utils.io import atomic_torch_save, run_info
 
 
@@ -94,6 +95,7 @@ def feature_net(arch, images, labels, test, num_classes, image_size, depth, hp, 
     ident = dict(hp, image_size=image_size, depth=depth, amp=amp)
     if image_size < 224:  # the small-image networks follow the authors' since issue 13: older caches do not fit
         ident["nets"] = "authors"
+    ident.update(crop="resized_crop", **net_ident(arch, image_size))  # issue 16: torchvision's crop, authors' stem
     key = run_key(ident, data_fp, arch, seed)
     path = os.path.join(cache_dir, f"{arch}-{key}.pt")
     model = make_model(arch, num_classes, image_size, depth, device, False, seed)

@@ -5,13 +5,16 @@ Rules (defaults of evaluate.py's keys): 300 epochs; AdamW lr 1e-3, betas (0.9, 0
 weights with ndim > 1 only; lr * 0.5 * (1 + cos(pi * epoch / epochs / 2)) per epoch (a quarter cosine); KL
 (batchmean) of log_softmax(student / T) to softmax(teacher / T), T = 20, no T^2, no hard labels;
 ShufflePatches(2) -> RandomResizedCrop(224, (1/2, 1)) -> flip per image, CutMix p = 1 per batch; batch 100 at
-IPC 10, 200 at IPC 50; test Resize 256 -> CenterCrop 224; best test after epoch 240 (every 10 epochs) and last.
+IPC 10, 200 at IPC 50; test Resize 256 -> CenterCrop 224 (below 224 px: Resize size // 7 * 8); best test after
+epoch 240 (every 10 epochs) and last. BatchNorm running statistics move twice per step, as in RDED's loop
+(`bn_updates`, repeat_bn_updates).
 """
 import math
 import os
 import pickle
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
@@ -52,6 +55,13 @@ def param_groups(model, weight_decay):
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def val_resize_for(image_size):
+    """RDED's test Resize before CenterCrop(image_size): image_size // 7 * 8 (256 at 224, 72 at 64, 32 at 32);
+    never below image_size (at 9-13, 17-20, 25-27, 33, 34 and 41 px RDED's rule would pad the centre crop with
+    black)."""
+    return max(image_size // 7 * 8, image_size)
 
 
 def soft_label_loss(student_logits, teacher_logits, temperature):
@@ -154,10 +164,36 @@ def teacher_class_index(teacher_classes, num_classes, imagenet_idx, restrict, te
 
 #### Training ################################################################################################
 
+def _bn_update_again(module, args):
+    """Forward pre-hook: the running-statistics update of a BatchNorm forward on this input in train mode (the
+    same kernel, momentum and counter rule as the module's own, which follows it), without its output's use."""
+    if module.training and module.track_running_stats:
+        module.num_batches_tracked.add_(1)
+        factor = 1.0 / float(module.num_batches_tracked) if module.momentum is None else module.momentum
+        with torch.no_grad():
+            F.batch_norm(args[0].detach(), module.running_mean, module.running_var, None, None, True, factor,
+                         module.eps)
+
+
+def repeat_bn_updates(model):
+    """RDED's train() runs the student twice per step in train mode, both before the optimiser step: under no_grad
+    on the CutMixed batch (its train-accuracy forward; its CutMix pastes in place) and then for the loss. Both
+    forwards normalise with batch statistics, so every BatchNorm sees the same input twice: its running mean and
+    variance take two momentum steps towards the same batch statistics and num_batches_tracked counts 2 per step.
+    This reproduces that inside the one loss forward: a pre-hook on each BatchNorm first applies the update the
+    extra forward would have made (bit-identical on CPU, tested), at the cost of one BatchNorm pass per layer
+    instead of a whole forward. Exact for networks whose only train-mode state is BatchNorm's (no dropout: the
+    registry's). Returns the hook handles (remove() them to stop)."""
+    return [m.register_forward_pre_hook(_bn_update_again) for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def train_student(model, teacher, train, test, *, epochs, lr, weight_decay, temperature, eval_every, best_after,
-                  seed, device, amp="none", teacher_index=None, log=print, tag="", state_path=None, state_key=None,
-                  ckpt_every=None, debug_kill_epoch=0):
+                  seed, device, amp="none", teacher_index=None, bn_updates="twice", log=print, tag="",
+                  state_path=None, state_key=None, ckpt_every=None, debug_kill_epoch=0):
     """AdamW + quarter cosine per epoch; each batch: CutMix (p = 1), teacher logits on the mixed images, KL.
+    bn_updates "twice": BatchNorm statistics move twice per step as in RDED's loop (repeat_bn_updates); "once":
+    one update per step (the plain loop, before issue 16).
 
     Returns {"best" (best test after `best_after`), "best_epoch", "last", "curve", "loss", "seconds",
     "images_per_sec", "resumed_from"}."""
@@ -175,9 +211,14 @@ def train_student(model, teacher, train, test, *, epochs, lr, weight_decay, temp
             logits = model(x)  # (B, classes)
         return soft_label_loss(logits.float(), soft.float(), temperature)
 
-    res = fit(model, train, test, epochs=epochs, opt=opt, sched=sched, loss_fn=loss_fn,
-              eval_at=eval_epochs(epochs, eval_every, best_after), gen=gen, device=device, amp=amp,
-              state_path=state_path, state_key=state_key, ckpt_every=ckpt_every, debug_kill_epoch=debug_kill_epoch,
-              log=log, tag=tag)
+    hooks = repeat_bn_updates(model) if bn_updates == "twice" else []
+    try:
+        res = fit(model, train, test, epochs=epochs, opt=opt, sched=sched, loss_fn=loss_fn,
+                  eval_at=eval_epochs(epochs, eval_every, best_after), gen=gen, device=device, amp=amp,
+                  state_path=state_path, state_key=state_key, ckpt_every=ckpt_every,
+                  debug_kill_epoch=debug_kill_epoch, log=log, tag=tag)
+    finally:
+        for h in hooks:
+            h.remove()
     best, best_epoch, last = best_and_last(res["curve"], best_after)
     return dict(res, best=best, last=last, best_epoch=best_epoch)

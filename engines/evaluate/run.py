@@ -25,7 +25,7 @@ from engines.evaluate.common import (DeviceTest, DeviceTrain, PilTest, PilTrain,
 from engines.evaluate.idc import (batch_size_for, epochs_for, extract_features, feature_net, optim_defaults,
                                   train_classifier)
 from engines.evaluate.schema import CONFIG, check_config  # the tool's declaration checks library calls too
-from models.classifiers import CLASSIFIERS, RDED_ALIASES
+from models.classifiers import CLASSIFIERS, RDED_ALIASES, net_ident
 from utils.config import save_config, validate
 from utils.errors import UserError
 from utils.io import file_sha256, remove_stale_tmp, run_info
@@ -65,7 +65,7 @@ def _subset(subset, train):
 
 
 def _hparams(protocol, n_ipc, C, epochs, batch_size, lr, momentum, weight_decay, eval_every, best_after,
-             temperature, factor, crop_scale):
+             temperature, factor, crop_scale, bn_updates="once"):
     """Every training value of the protocol, defaults (None) resolved; the IDC dict keeps its historic fields so
     earlier results keep their keys."""
     if protocol == "idc":
@@ -81,12 +81,15 @@ def _hparams(protocol, n_ipc, C, epochs, batch_size, lr, momentum, weight_decay,
     epochs = epochs or rded.EPOCHS
     factor = rded.FACTOR if factor is None else factor
     scale = list(crop_scale) if crop_scale is not None else [1.0 / factor, 1.0]
-    return {"protocol": "rded", "epochs": epochs, "batch_size": batch_size or rded.batch_size_for(n_ipc),
-            "lr": lr if lr is not None else rded.LR,
-            "weight_decay": weight_decay if weight_decay is not None else rded.WEIGHT_DECAY,
-            "eval_every": eval_every or rded.EVAL_EVERY,
-            "best_after": rded.best_after_for(epochs) if best_after is None else best_after,
-            "temperature": temperature, "factor": factor, "crop_scale": scale}
+    hp = {"protocol": "rded", "epochs": epochs, "batch_size": batch_size or rded.batch_size_for(n_ipc),
+          "lr": lr if lr is not None else rded.LR,
+          "weight_decay": weight_decay if weight_decay is not None else rded.WEIGHT_DECAY,
+          "eval_every": eval_every or rded.EVAL_EVERY,
+          "best_after": rded.best_after_for(epochs) if best_after is None else best_after,
+          "temperature": temperature, "factor": factor, "crop_scale": scale}
+    if bn_updates != "once":  # only in the identity of runs that set it: "once" runs keep their earlier keys
+        hp["bn_updates"] = bn_updates
+    return hp
 
 
 def _check_teacher_fits(teacher, student, size, device):
@@ -111,8 +114,8 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
                    feature_epochs=None, feature_seed=0, width=None, method=None,
                    protocol="idc", teacher="resnet18",
                    teacher_weights=None, teacher_subset=False, temperature=rded.TEMPERATURE, factor=rded.FACTOR,
-                   crop_scale=None, best_after=None, test_resize=None, val_cache="auto", ckpt_every=None,
-                   keep_weights=False, debug_kill_epoch=0, log=print, config=None):
+                   crop_scale=None, bn_updates="twice", best_after=None, test_resize=None, val_cache="auto",
+                   ckpt_every=None, keep_weights=False, debug_kill_epoch=0, log=print, config=None):
     """Evaluate `train` (a class-per-folder image dir) on `val` for each arch in `arch` (list or comma string).
 
     Returns {arch: {"best_mean", "best_std", "last_mean", "last_std", "n_runs", "runs": [run records]}} plus
@@ -154,7 +157,7 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
     val_paths, val_labels = flatten(val_files, wnids)
     n_ipc = ipc if (ipc is not None and select != "full") else max(len(f) for f in files.values())
     hp = _hparams(protocol, n_ipc, C, epochs, batch_size, lr, momentum, weight_decay, eval_every, best_after,
-                  temperature, factor, crop_scale)
+                  temperature, factor, crop_scale, bn_updates)
     epochs = hp["epochs"]
     teacher_net, teacher_index, teacher_id = None, None, None
     if protocol == "rded" and archs:
@@ -182,7 +185,7 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
         f"amp {amp}, data path {data_path}; results -> {out_path}")
 
     #### decode once (corrupt files are named here)
-    resize = test_resize or (round(image_size * 256 / 224) if protocol == "rded" else None)
+    resize = test_resize or (rded.val_resize_for(image_size) if protocol == "rded" else None)
     cache_dir = (os.path.join(os.path.dirname(out_dir), "val_cache") if val_cache == "auto" and protocol == "rded"
                  else None if val_cache in ("auto", "none", None) else val_cache)
     val_u8 = (decode_cached(val_paths, image_size, resize, cache_dir, workers, log) if cache_dir
@@ -220,6 +223,10 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
         ident["method"] = method
     if image_size < 224:  # the small-image networks follow the authors' since issue 13: never reuse older runs
         ident["nets"] = "authors"
+    if data_path == "gpu":  # the device path crops then resizes as torchvision since issue 16 (roi_align before)
+        ident["crop"] = "resized_crop"
+    if protocol == "rded" and hp["factor"] > 1 and image_size % hp["factor"]:
+        ident["patches"] = "drop"  # an odd side loses its remainder strip, as RDED's ShufflePatches (issue 16)
     if protocol == "rded":
         ident.update(teacher=teacher_id, test_resize=resize)
     elif test_resize is not None:  # only runs that set it: earlier IDC results keep their keys
@@ -257,7 +264,7 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
         runs, trained = [], False
         for r in range(repeat):
             s = seed + r
-            key = run_key(ident, fp, a, s)
+            key = run_key(dict(ident, **net_ident(names[a], image_size)), fp, a, s)
             if key in done:
                 log(f"[{a} seed {s}] already in {out_path}: best {done[key]['best']:.2f} last {done[key]['last']:.2f}")
                 runs.append(done[key])
@@ -280,7 +287,8 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
                 res = rded.train_student(model, teacher_net, train_data, test, epochs=epochs, lr=hp["lr"],
                                          weight_decay=hp["weight_decay"], temperature=hp["temperature"],
                                          eval_every=hp["eval_every"], best_after=hp["best_after"], seed=s,
-                                         device=dev, amp=amp, teacher_index=teacher_index, **state)
+                                         device=dev, amp=amp, teacher_index=teacher_index,
+                                         bn_updates=bn_updates, **state)
             else:
                 res = train_classifier(model, train_data, test, epochs, hp["lr"], hp["momentum"],
                                        hp["weight_decay"], hp["eval_every"], s, dev, amp,

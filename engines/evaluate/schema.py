@@ -85,9 +85,14 @@ CONFIG = {
     "factor": Key(2, "rded: ShufflePatches factor (strips per side); 1 = none", type="int", lo=1),
     "crop_scale": Key(None, "rded: RandomResizedCrop area range [lo, hi]; None: [1/factor, 1] (D3HR: factor 1, "
                             "[0.08, 1])", type="list", items="float", gt=0, hi=1, null=True),
+    "bn_updates": Key("twice", "rded: BatchNorm running-statistics updates per step. twice: as RDED's loop, whose "
+                               "extra train-mode forward under no_grad (its train accuracy) moves them a second "
+                               "time (done here by a hook, one BatchNorm pass per layer); once: the plain loop",
+                      type="str", choices=("twice", "once")),
     "best_after": Key(None, "report the best test after this epoch (None: idc 0, rded 4/5 of epochs = 240 of 300; "
                             "rded tests only after it)", type="int", lo=0, null=True),
-    "test_resize": Key(None, "test Resize before CenterCrop(image_size) (None: idc image_size, rded 256 at 224)",
+    "test_resize": Key(None, "test Resize before CenterCrop(image_size) (None: idc image_size, rded image_size // 7 * "
+                             "8, 256 at 224)",
                        type="int", gt=0, null=True),
     "val_cache": Key("auto", "folder for the decoded val set as a memory-mapped uint8 array, reused by every run "
                              "(auto: <results>/../val_cache for rded, none for idc; none: decode each run)",
