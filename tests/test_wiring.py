@@ -242,3 +242,187 @@ def test_resume_refuses_another_process_count(ft):
     with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with --nproc_per_node 2"):
         trainer.train(cfg)
     assert (run_dir / "checkpoint.pt").read_bytes() == before
+
+
+#################################################################################
+#                       Evaluation: top-1 on a known answer                     #
+#################################################################################
+
+class _FixedLogits(torch.nn.Module):
+    """Logits looked up by image id (pixel [0, 0, 0]); in train mode a Dropout(p=1) zeroes them all."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.as_tensor(table, dtype=torch.float32))
+        self.drop = torch.nn.Dropout(1.0)
+
+    def forward(self, x):
+        return self.drop(self.table[x[:, 0, 0, 0].long()])
+
+
+class _Batches:
+    def __init__(self, x, y, batch):
+        self.x, self.y, self.batch = x, y, batch
+
+    def batches(self):
+        for i in range(0, len(self.y), self.batch):
+            yield self.x[i:i + self.batch], self.y[i:i + self.batch]
+
+
+def test_top1_is_argmax_over_the_whole_test_set_in_eval_mode():
+    from engines.evaluate.common import test_accuracy
+    table = [[0.1, 2.0, -1.0],   # label 1: right (argmin would say 2)
+             [3.0, 0.0, 1.0],    # label 0: right
+             [0.0, 1.0, 5.0],    # label 2: right
+             [1.0, 0.5, -2.0],   # label 2: wrong (argmin: right)
+             [0.2, 0.1, 0.3]]    # label 1: wrong (argmin: right)
+    y = torch.tensor([1, 0, 2, 2, 1])
+    x = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 2, 2).contiguous()
+    model = _FixedLogits(table).train()
+    acc = test_accuracy(model, _Batches(x, y, 2), torch.device("cpu"), "none")  # batches of 2, 2, 1
+    assert acc == pytest.approx(60.0, abs=1e-12)  # 3 of 5; argmin: 2 of 5; train mode (all logits 0): 1 of 5
+    assert model.training  # handed back in train mode for the next epoch
+
+
+#################################################################################
+#                     RDED: one student step, re-stated                         #
+#################################################################################
+
+class _Teacher(torch.nn.Module):
+    """1000 outputs after a BatchNorm whose running statistics differ from any batch's: eval mode matters."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16), torch.nn.BatchNorm1d(16),
+                                        torch.nn.ReLU(), torch.nn.Linear(16, 1000))
+        with torch.no_grad():
+            self.body[2].running_mean.normal_(0, 2)
+            self.body[2].running_var.uniform_(0.2, 3)
+            self.body[4].weight.mul_(8)  # sharp logits: the temperature matters
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _student():
+    torch.manual_seed(6)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+
+
+def test_rded_step_is_cutmix_then_frozen_teacher_subset_logits_then_kl_at_T(monkeypatch):
+    from data.eval_augment import cutmix
+    from engines.evaluate import rded
+    from engines.evaluate.common import DeviceTrain
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (6, 3, 8, 8), generator=g, dtype=torch.uint8)
+    labels = [0, 0, 1, 1, 2, 2]
+    index, T, seed = [7, 2, 999], 4.0, 3
+    augment = lambda im, size, gen: im.float() / 255  # no random draws: the step's draws are the batch and CutMix
+    teacher = _Teacher().eval().requires_grad_(False)
+    frozen = copy.deepcopy(teacher.state_dict())
+    applied = []
+    step = torch.optim.AdamW.step
+
+    def adamw_step(self, *a, **k):
+        applied.append([p.grad.detach().clone() for grp in self.param_groups for p in grp["params"]])
+        return step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", adamw_step)
+    student = _student()
+    start = copy.deepcopy(student)
+    train = DeviceTrain(u8, labels, 8, 6, torch.device("cpu"), augment=augment)  # one batch per epoch
+    test = _Batches(augment(u8, 8, None), torch.tensor(labels), 6)
+    rded.train_student(student, teacher, train, test, epochs=1, lr=1e-3, weight_decay=0.01, temperature=T,
+                       eval_every=1, best_after=0, seed=seed, device=torch.device("cpu"), teacher_index=index,
+                       log=lambda *a: None)
+    # the paper's step, again: this seed's batch order, CutMix on it, the frozen teacher's logits of the subset's
+    # classes on the mixed images, KL(teacher || student) at T (batch mean)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(6, generator=gen)
+    x = augment(u8[perm], 8, gen)
+    mixed = cutmix(x, torch.tensor(labels)[perm], gen)[0]
+    assert not torch.equal(mixed, x)  # this seed pastes a box
+    with torch.no_grad():
+        target = F.softmax(teacher(mixed)[:, index] / T, dim=1)  # (B, 3)
+    params = [p for grp in rded.param_groups(start, 0.01) for p in grp["params"]]
+    log_p = F.log_softmax(start(mixed) / T, dim=1)
+    loss = (target * (target.log() - log_p)).sum(1).mean()
+    want = torch.autograd.grad(loss, params)
+    assert len(applied) == 1
+    for a, w in zip(applied[0], want, strict=True):
+        assert torch.allclose(a, w, rtol=1e-4, atol=1e-9)
+    assert not teacher.training and all(torch.equal(v, frozen[k]) for k, v in teacher.state_dict().items())
+    # the test can tell each family apart: labels of the unmixed batch, another T, ImageNet order, teacher in train
+    with torch.no_grad():
+        wrong = {"before CutMix": F.softmax(teacher(x)[:, index] / T, 1), "T = 1": F.softmax(teacher(mixed)[:, index], 1),
+                 "first columns": F.softmax(teacher(mixed)[:, :3] / T, 1),
+                 "train mode": F.softmax(copy.deepcopy(teacher).train()(mixed)[:, index] / T, 1)}
+    for name, t in wrong.items():
+        assert (t - target).abs().max() > 1e-2, name
+
+
+#################################################################################
+#                   Evaluation data: folders read back to labels                #
+#################################################################################
+
+NETTE = ["n01440764", "n02102040", "n02979186"]  # ImageNet classes 0, 217, 482: folders 00000, 00217, 00482
+
+
+def _class_folders(root, numbered, n=2):
+    """One folder per class; every image of a class is one flat colour that names its ImageNet class, and the file
+    names are the same in every class (0.png, 1.png), so only the content tells the classes apart."""
+    from data.eval_data import numbered_folder
+    for w in NETTE:
+        d = os.path.join(root, numbered_folder(w) if numbered else w)
+        os.makedirs(d, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), _colour(w)).save(os.path.join(d, f"{i}.png"))
+    return str(root)
+
+
+def _colour(wnid):
+    from data.eval_data import imagenet_index
+    k = imagenet_index()[wnid]
+    return (k % 256, k // 256 * 60, 100)
+
+
+@pytest.mark.parametrize("numbered", [True, False])
+def test_class_folders_read_back_to_their_own_labels(tmp_path, numbered):
+    from data.eval_data import class_files, decode_all, flatten
+    from engines.evaluate.run import _subset
+    root = _class_folders(tmp_path / "train", numbered)
+    sub = _subset("custom", root)
+    assert sub.wnids == NETTE and sub.imagenet_idx == [0, 217, 482]  # folder 00217 is ImageNet class 217
+    paths, labels = flatten(class_files(root, sub.wnids, "train"), sub.wnids)
+    images = decode_all(paths, 8, workers=1)  # (N, 3, 8, 8) uint8
+    assert len(labels) == 6
+    for img, j in zip(images, labels):
+        assert img[:, 0, 0].tolist() == list(_colour(sub.wnids[j])), sub.wnids[j]
+
+
+def test_rded_run_wires_subset_logits_temperature_and_an_eval_teacher(tmp_path, monkeypatch):
+    """run_evaluation hands train_student the teacher as load_teacher froze it (still in eval mode after the input
+    check), the subset's ImageNet columns in subset order, and the configured temperature."""
+    import torchvision
+    from engines.evaluate import rded
+    from engines.evaluate.run import run_evaluation
+    train, val = _class_folders(tmp_path / "train", True), _class_folders(tmp_path / "val", False)
+    weights = str(tmp_path / "teacher.pt")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)  # 1000 classes
+    got = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(model, teacher, train_data, test, **kw):
+        got.update(kw, teacher=teacher, training=teacher.training,
+                   grads=any(p.requires_grad for p in teacher.parameters()))
+        raise Stop
+    monkeypatch.setattr(rded, "train_student", capture)
+    with pytest.raises(Stop):
+        run_evaluation(train, val, protocol="rded", teacher_weights=weights, teacher_subset=True, arch="convnet6",
+                       width=8, depth=2, image_size=16, ipc=2, epochs=2, batch_size=6, repeat=1, device="cpu",
+                       workers=0, temperature=7.0, val_cache="none", results=str(tmp_path / "r"), log=lambda *a: None)
+    assert got["teacher_index"] == [0, 217, 482]  # the teacher's columns of 00000, 00217, 00482, in that order
+    assert got["temperature"] == 7.0 and not got["training"] and not got["grads"]
