@@ -4,7 +4,7 @@ Each bug is a text substitution (its `find` must occur exactly once in its file)
 the repository (the files git tracks or would track); only that bug's `tests` run there. A bug is caught when
 they fail. The unmutated copy runs every listed test selection first, so a failure is the bug's, not the suite's.
 Run on demand (minutes), not part of the default suite:
-    python scripts/mutation.py                  # every bug; exit 0 only if all are caught
+    python scripts/mutation.py                  # every bug; exit 0 only if all are caught, 1 if not
     python scripts/mutation.py --only RDED      # the bugs whose name contains RDED
     python scripts/mutation.py --list           # check that every substitution applies, run nothing
 """
@@ -19,27 +19,33 @@ import time
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from utils.errors import UserError, run_cli  # noqa: E402
+
 LIST = os.path.join(ROOT, "scripts", "mutations.yaml")
 KEYS = {"name", "file", "find", "replace", "tests"}
 
 
-def load(path):
-    """The bug list, each checked: its keys, its file, its pattern found exactly once."""
+def load(path=LIST, root=ROOT):
+    """The bug list, each checked: its keys, its file, its pattern found exactly once in `root`."""
     with open(path) as f:
         bugs = yaml.safe_load(f)
+    names = [b.get("name") for b in bugs]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: two bugs share a name; give each its own")
     for b in bugs:
         missing = KEYS - set(b)
         if missing:
-            sys.exit(f"error: {path}: '{b.get('name', '?')}' lacks {', '.join(sorted(missing))}")
-        src = os.path.join(ROOT, b["file"])
+            raise UserError(f"{path}: '{b.get('name', '?')}' lacks {', '.join(sorted(missing))}")
+        src = os.path.join(root, b["file"])
         if not os.path.isfile(src):
-            sys.exit(f"error: {path}: '{b['name']}': no file {b['file']}")
+            raise UserError(f"{path}: '{b['name']}': no file {b['file']}")
         n = open(src).read().count(b["find"])
         if n != 1:
-            sys.exit(f"error: {path}: '{b['name']}': pattern found {n} times in {b['file']} (must be exactly once); "
-                     f"update its find text")
+            raise UserError(f"{path}: '{b['name']}': its find text occurs {n} times in {b['file']} (must be "
+                            f"exactly once); the code changed: update find/replace to re-state the same bug")
         if b["find"] == b["replace"]:
-            sys.exit(f"error: {path}: '{b['name']}': replace equals find")
+            raise UserError(f"{path}: '{b['name']}': replace equals find")
     return bugs
 
 
@@ -74,21 +80,21 @@ def main(argv=None):
     ap.add_argument("--list", action="store_true", help="check the list (every pattern found once) and stop")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per pytest call")
     args = ap.parse_args(argv)
-    bugs = [b for b in load(LIST) if args.only.lower() in b["name"].lower()]
+    bugs = [b for b in load() if args.only.lower() in b["name"].lower()]
     if args.list:
         for i, b in enumerate(bugs, 1):
             print(f"{i:2d}. {b['name']}  ({b['file']}; {' '.join(b['tests'])})")
         print(f"{len(bugs)} bugs, every pattern found exactly once")
-        return 0
+        return
     if not bugs:
-        sys.exit(f"error: no bug name contains {args.only!r}; see --list")
+        raise UserError(f"no bug name contains {args.only!r}; see --list")
     with tempfile.TemporaryDirectory(prefix="mutation-") as copy:
         copy_repo(copy)
         selections = list(dict.fromkeys(tuple(b["tests"]) for b in bugs))
         for sel in selections:  # the unmutated copy must pass every selection
             rc, secs, last = pytest(copy, list(sel), args.timeout)
             if rc != 0:
-                sys.exit(f"error: unmutated, '{' '.join(sel)}' does not pass ({last}); fix the suite first")
+                raise UserError(f"unmutated, '{' '.join(sel)}' does not pass ({last}); fix the suite first")
         rows, t_all = [], time.time()
         for i, b in enumerate(bugs, 1):
             path = os.path.join(copy, b["file"])
@@ -109,8 +115,9 @@ def main(argv=None):
         print(f"| {i} | {name} | {file} | `{tests}` | {verdict} | {secs:.0f} |")
     caught = sum(v.startswith("caught") for *_, v, _ in rows)
     print(f"\n{caught}/{len(rows)} caught in {time.time() - t_all:.0f} s")
-    return 0 if caught == len(rows) else 1
+    if caught < len(rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)
