@@ -102,7 +102,7 @@ def _which(z, real):
     raise AssertionError("a training latent equals no real image, mirrored or not")
 
 
-def _restated_losses(pred, real, local, mem_real, mem_pred):
+def _restated_losses(pred, local, mem_real, mem_pred):
     """The paper's Eqs. 3-4 written out again: per class c of the batch with earlier entries, L_r = 1 - the least
     cosine of a prediction to the real memory, L_d = the largest cosine to the predicted memory; means over the
     batch's classes (n counts the classes with empty memories too)."""
@@ -131,7 +131,7 @@ def restated(ft):
     ck = torch.load(out["checkpoint"], map_location="cpu", weights_only=True)
     capacity = ft["cfg"]["memory_size"]
     mem_real, mem_pred = {c: [] for c in range(3)}, {c: [] for c in range(3)}
-    steps = []
+    steps, rng = [], torch.get_rng_state()
     for call, applied in zip(rec.calls, rec.grads, strict=True):
         src = [_which(z, ft["real"]) for z in call["z"]]
         local = [ft["real"][k][1] for k, _ in src]  # each latent's class, from the folder it was read from
@@ -141,7 +141,7 @@ def restated(ft):
         out_ = Diffusion.linear(1000).training_losses(model, call["z"], call["t"], call["y"], call["noise"])
         diff = out_["loss"].mean()
         pred = out_["pred_x0"]
-        l_r, l_d = _restated_losses(pred, call["z"], local, mem_real, mem_pred)
+        l_r, l_d = _restated_losses(pred, local, mem_real, mem_pred)
         grad = lambda loss: torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, retain_graph=True,
                                                                                 allow_unused=False)])
         steps.append({"src": src, "local": local, "y": call["y"], "applied": torch.cat([g.flatten() for g in applied]),
@@ -152,6 +152,7 @@ def restated(ft):
         for i, c in enumerate(local):  # after the loss, batch order; the oldest entries leave first
             mem_real[c] = (mem_real[c] + [call["z"][i]])[-capacity:]
             mem_pred[c] = (mem_pred[c] + [pred[i].detach()])[-capacity:]
+    torch.set_rng_state(rng)
     return {"steps": steps, "ckpt": ck, "mem_real": mem_real, "mem_pred": mem_pred}
 
 
