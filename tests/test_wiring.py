@@ -366,25 +366,20 @@ def test_rded_step_is_cutmix_then_frozen_teacher_subset_logits_then_kl_at_T(monk
 #                   Evaluation data: folders read back to labels                #
 #################################################################################
 
-NETTE = ["n01440764", "n02102040", "n02979186"]  # ImageNet classes 0, 217, 482: folders 00000, 00217, 00482
+NETTE = ["n01440764", "n02102040", "n02979186"]  # ImageNet classes 0, 217, 482 (tench, springer, cassette player)
+NUMBERED = {"n01440764": "00000", "n02102040": "00217", "n02979186": "00482"}  # RDED's folder names, written out
+COLOUR = {"n01440764": (200, 0, 0), "n02102040": (0, 200, 0), "n02979186": (0, 0, 200)}
 
 
 def _class_folders(root, numbered, n=2):
-    """One folder per class; every image of a class is one flat colour that names its ImageNet class, and the file
-    names are the same in every class (0.png, 1.png), so only the content tells the classes apart."""
-    from data.eval_data import numbered_folder
+    """One folder per class; every image of a class is one flat colour that names its class, and the file names
+    are the same in every class (0.png, 1.png), so only the content tells the classes apart."""
     for w in NETTE:
-        d = os.path.join(root, numbered_folder(w) if numbered else w)
+        d = os.path.join(root, NUMBERED[w] if numbered else w)
         os.makedirs(d, exist_ok=True)
         for i in range(n):
-            Image.new("RGB", (8, 8), _colour(w)).save(os.path.join(d, f"{i}.png"))
+            Image.new("RGB", (8, 8), COLOUR[w]).save(os.path.join(d, f"{i}.png"))
     return str(root)
-
-
-def _colour(wnid):
-    from data.eval_data import imagenet_index
-    k = imagenet_index()[wnid]
-    return (k % 256, k // 256 * 60, 100)
 
 
 @pytest.mark.parametrize("numbered", [True, False])
@@ -398,7 +393,7 @@ def test_class_folders_read_back_to_their_own_labels(tmp_path, numbered):
     images = decode_all(paths, 8, workers=1)  # (N, 3, 8, 8) uint8
     assert len(labels) == 6
     for img, j in zip(images, labels):
-        assert img[:, 0, 0].tolist() == list(_colour(sub.wnids[j])), sub.wnids[j]
+        assert img[:, 0, 0].tolist() == list(COLOUR[sub.wnids[j]]), sub.wnids[j]
 
 
 def test_rded_run_wires_subset_logits_temperature_and_an_eval_teacher(tmp_path, monkeypatch):
