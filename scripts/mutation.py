@@ -110,6 +110,7 @@ def main(argv=None):
             rc, secs, last = pytest(copy, sel, args.timeout)
             if rc != 0:
                 raise UserError(f"unmutated, '{' '.join(sel)}' does not pass ({last}); fix the suite first")
+            print(f"unmutated   {secs:5.1f}s  {' '.join(sel)}  [{last}]", flush=True)
         rows, t_all = [], time.time()
         for i, b in enumerate(bugs, 1):
             path = os.path.join(copy, b["file"])
