@@ -4,4 +4,5 @@
 #   bash scripts/demo.sh [--out demo_out] [--holdout test|val] [--ipcs 10,50] [--quick]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-exec python "$root/scripts/demo.py" "$@"
+# PYTHON: the interpreter to use (default: python on PATH; the tests pass the one running them)
+exec "${PYTHON:-python}" "$root/scripts/demo.py" "$@"

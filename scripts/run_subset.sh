@@ -12,4 +12,5 @@ fi
 imagenet=$1; shift
 out=results/$subset
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then out=$1; shift; fi
-exec python "$root/scripts/reproduce.py" --subset "$subset" --imagenet "$imagenet" --out "$out" "$@"
+# PYTHON: the interpreter to use (default: python on PATH; the tests pass the one running them)
+exec "${PYTHON:-python}" "$root/scripts/reproduce.py" --subset "$subset" --imagenet "$imagenet" --out "$out" "$@"

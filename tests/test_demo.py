@@ -3,6 +3,7 @@ and the demo's bookkeeping (arms sharing runs, the signal-versus-spread verdict)
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     cmd = ["bash", os.path.join(ROOT, "scripts", "demo.sh"), "--out", str(out), "--quick", "--ipcs", "2,3"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     # the real digits, split per class: test 30% (as before), val 20% of the rest, train the remainder
     sizes = {s: sum(len(os.listdir(out / "data" / s / d)) for d in os.listdir(out / "data" / s))
@@ -59,7 +60,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert line.startswith("median gradient norm over 2 batches") and len(ratios) == 2 and min(ratios) > 0
     # rerunning finds every step finished and changes nothing, the table's numbers included
     before = open(out / "eval" / "test.jsonl").read()
-    again = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    again = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable))
     assert again.returncode == 0 and open(out / "eval" / "test.jsonl").read() == before
     assert open(out / "RESULTS.md").read().split("\nWall time")[0] == table.split("\nWall time")[0]
 

@@ -46,7 +46,7 @@ def tree(tmp_path_factory):
 def _script(tree, *extra):
     cmd = ["bash", os.path.join(ROOT, "scripts", "imagewoof.sh"), str(tree / "imagenet"), str(tree / "out"),
            "--config", str(tree / "tiny.yaml"), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, NGPU="0", OMP_NUM_THREADS="1"))
+    return subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, NGPU="0", OMP_NUM_THREADS="1", PYTHON=sys.executable))
 
 
 def test_dry_run_lists_every_step(tree):
@@ -89,6 +89,6 @@ def test_end_to_end_then_rerun_is_a_no_op(tree):
 
 def test_bad_input(tree):
     res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "imagewoof.sh"), str(tree / "nowhere"), "--dry-run"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
     assert res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
     assert "train" in res.stderr and len(res.stderr.strip().splitlines()) == 1
