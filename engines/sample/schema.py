@@ -6,6 +6,7 @@ from data.subsets import subset_names
 from models import DIT_NAMES
 from utils.config import Key, check_device, check_output
 from utils.errors import UserError
+from utils.tracker import HELP as TRACKER_HELP, TRACKERS, check_tracker
 
 DEFAULT_BASE = ("DiT-XL-2-256x256.pt", "facebook/DiT-XL-2-256")
 
@@ -87,7 +88,10 @@ CONFIG = {
                help="REQUIRED: output folder; images go to <out>/<wnid>/<i>.png, preview to <out>_grid.png"),
     "overwrite": Key(False, "replace the sample images of a folder made with other settings (default: refuse)"),
     "grid": Key(10, lo=0, help="images per class in the preview grid <out>_grid.png (0 = no grid)"),
+    "class_grids": Key(False, "also write a page per class of all its IPC images, <out>_grids/<wnid>.png "
+                              "(any IPC: the tiles wrap into a near-square page)"),
     "progress": Key(True, "tqdm progress bar with images/s"),
+    "tracker": Key("none", TRACKER_HELP + " (folder <out>_tracker: config, speed, grids)", choices=TRACKERS),
     "debug_kill_after": Key(0, lo=0,
                             help="testing: SIGKILL this process after this many images are written (0 = off)"),
 }
@@ -110,6 +114,7 @@ def check_config(cfg):
                             f"pixel for both (pixel models) or an SD-VAE for both")
         check_output(cfg["cache_dir"], "--cache_dir")
     check_device(cfg["device"])
+    check_tracker(cfg["tracker"])
     return None if cfg["cfg_channels"] == "all" else cfg["cfg_channels"]
 
 
