@@ -271,7 +271,8 @@ def write_class_pages(out, wnids, ipc):
 def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sampler="ancestral", eta=0.0,
                   cfg_scale=4.0, cfg_channels=3, batch_size=32, micro_batch=32, precision="fp32", device="cpu",
                   compile=False, overwrite=False, grid=10, class_grids=False, identity=None, config=None, rank=0,
-                  world_size=1, progress=True, debug_kill_after=0, modes=None, mode_scale=0.1, mode_stop=25, modes_info=None):
+                  world_size=1, progress=True, debug_kill_after=0, modes=None, mode_scale=0.1, mode_stop=25,
+                  modes_info=None):
     """Sample images 0..ipc-1 of every class into out/<wnid>/<i>.png; existing images are kept (resume).
 
     model: DiT in eval mode on `device`; vae: models.vae encoder; diffusion: the respaced process; labels[j]: DiT
