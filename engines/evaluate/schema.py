@@ -98,7 +98,8 @@ CONFIG = {
     "keep_weights": Key(False, "keep each finished run's final state (student weights) in <results>/state/",
                         type="bool"),
     "confusion": Key(False, "write the confusion matrix of each trained run's last epoch (test set) as a figure "
-                            "<results folder>/confusion/<tag>-seed<s>.png and into the run's record", type="bool"),
+                            "<results folder>/confusion/<tag>-seed<s>.png and into the run's record (C x C counts)",
+                     type="bool"),
     "tracker": Key("none", TRACKER_HELP + " (folder <results folder>/tracker: every run's curve, the curve and "
                                           "confusion figures)", choices=TRACKERS),
     "debug_kill_epoch": Key(0, "testing: SIGKILL this process right after the state of this epoch is written "
