@@ -62,7 +62,7 @@ def find_files(paths):
                 if "manifest.json" in names:  # a sample folder: thousands of PNGs, no records
                     dirs[:] = []
                     continue
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if d not in ("tracker", "wandb"))  # the trackers' own files
                 found += [os.path.join(root, n) for n in sorted(names) if n.endswith(".jsonl")]
         else:
             raise UserError(f"results path not found: {p}; pass a results folder (scripts/<subset>.sh's OUT_DIR), "
