@@ -7,7 +7,8 @@ RESULTS: folders (searched for *.jsonl; sample folders are skipped) or files. Wr
 RESULTS/figures for one folder):
   accuracy_vs_ipc-<subset>-<arch>   top-1 against IPC per method: mean (line) and ± std band over repeats, best
                                     solid and last dashed; the paper's values as open markers with their error bars
-  ablation-<subset>                 Table 5 (ResNetAP-10): bars per variant and IPC, the paper's as markers
+  ablation-<subset>-<arch>          Table 5 (the paper's: ResNetAP-10): bars per variant and IPC, the paper's as
+                                    markers
   sweeps-<subset>-<arch>            Fig. 6: lambda_r, lambda_d, N_M, epochs (methods lambda_r-<v>, lambda_d-<v>,
                                     nm-<n>, epochs-<e>, configs/sweeps.md; the main run at the default value)
   eval_curves-<subset>-<arch>-ipc<k>  test top-1 over epochs: every run thin, mean and ± std band per method
@@ -157,7 +158,7 @@ def accuracy_vs_ipc(groups, published, subset, arch):
 
 #### 2. Table 5 ablation and Fig. 6 sweeps #####################################################################
 
-def ablation(groups, published, subset, arch="resnetap10"):
+def ablation(groups, published, subset, arch):
     """Table 5: a bar per variant and IPC (best, mean ± std over repeats), the paper's value as a marker on it.
     Bar containers are labelled with the variant's name; paper markers have gid <variant>/paper."""
     plt = pyplot()
@@ -193,7 +194,7 @@ def ablation(groups, published, subset, arch="resnetap10"):
     return fig
 
 
-def sweeps(groups, subset, arch="resnetap10"):
+def sweeps(groups, subset, arch):
     """Fig. 6: a panel per swept value with records, a line per IPC (best, mean with ± std error bars); the main run
     ("minimax") is the point at the default value. gids: <sweep>/ipc<k>."""
     from engines.train.schema import CONFIG as TRAIN  # light: no torch
@@ -370,10 +371,10 @@ def make_figures(paths, out, formats=("png", "pdf"), published_path=PUBLISHED, l
         if any(k[0] == subset and k[2] == arch and isinstance(k[3], int) for k in src):
             save(accuracy_vs_ipc(src, published, subset, arch), f"accuracy_vs_ipc-{_slug(subset)}-{_slug(arch)}")
         save(sweeps(src, subset, arch), f"sweeps-{_slug(subset)}-{_slug(arch)}")
+        if subset != "imagenet1k":
+            save(ablation(src, published, subset, arch), f"ablation-{_slug(subset)}-{_slug(arch)}")
         for ipc in sorted({k[3] for k in src if k[0] == subset and k[2] == arch}, key=str):
             save(eval_curves(src, subset, arch, ipc), f"eval_curves-{_slug(subset)}-{_slug(arch)}-ipc{ipc}")
-    for subset in sorted({k[0] for k in idc}, key=str):
-        save(ablation(idc, published, subset), f"ablation-{_slug(subset)}")
     for arch in sorted({k[2] for k in rded if k[0] == "imagenet1k"}, key=str):
         save(table4(rded, published, arch), f"table4-{_slug(arch)}")
     for path in logs:

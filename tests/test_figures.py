@@ -2,8 +2,6 @@
 the published values (never pixels); the CLI's outputs and one-line errors."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,9 +10,9 @@ from matplotlib.container import BarContainer
 
 from scripts import figures as F
 from scripts.tables import PUBLISHED
+from utils.errors import run_cli
 from utils.plots import find
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUB = yaml.safe_load(open(PUBLISHED))
 
 
@@ -69,7 +67,7 @@ def test_a_rerun_seed_keeps_the_latest_record(tmp_path):
 def test_ablation_bars_and_paper_markers(tmp_path):
     recs = [_run("imageidc", "mean-off", "resnetap10", 50, s, v, v) for s, v in enumerate([60.0, 61.0])]
     recs += [_run("imageidc", "minimax", "resnetap10", 50, 0, 70.0, 69.0)]  # the full method = the main run
-    fig = F.ablation(_groups(recs, tmp_path), PUB, "imageidc")
+    fig = F.ablation(_groups(recs, tmp_path), PUB, "imageidc", "resnetap10")
     ax = fig.axes[0]
     bars = _bars(ax, "L_r (mean)")
     assert [p.get_height() for p in bars.patches] == [60.5]
@@ -77,7 +75,7 @@ def test_ablation_bars_and_paper_markers(tmp_path):
     assert seg[:, 1] == pytest.approx([60.0, 61.0])  # ± std 0.5
     assert [p.get_height() for p in _bars(ax, "L_r + L_d (minimax)").patches] == [70.0]
     assert list(find(ax, "mean-off/paper").get_ydata()) == [60.2]
-    assert F.ablation(_groups(recs[2:], tmp_path), PUB, "imageidc") is None  # no ablation record: no figure
+    assert F.ablation(_groups(recs[2:], tmp_path), PUB, "imageidc", "resnetap10") is None  # no ablation record: no figure
 
 
 def test_sweeps_put_the_main_run_at_the_default(tmp_path):
@@ -85,7 +83,7 @@ def test_sweeps_put_the_main_run_at_the_default(tmp_path):
                                                                                         ("0.008", 37.0))]
     recs += [_run("imagewoof", "nm-16", "resnetap10", 10, s, b, b) for s, b in enumerate([30.0, 32.0])]
     recs += [_run("imagewoof", "minimax", "resnetap10", 10, 0, 39.0, 38.0)]
-    fig = F.sweeps(_groups(recs, tmp_path), "imagewoof")
+    fig = F.sweeps(_groups(recs, tmp_path), "imagewoof", "resnetap10")
     lam, nm = fig.axes
     line = find(lam, "lambda_r/ipc10")
     assert list(line.get_xdata()) == [0.0005, 0.002, 0.008] and list(line.get_ydata()) == [35.0, 39.0, 37.0]
@@ -132,26 +130,28 @@ def test_table4_ours_beside_the_published(tmp_path):
     assert [p.get_height() for p in _bars(ax, "DiT (paper)").patches] == [39.6, 52.9]
 
 
-def test_cli_writes_every_kind_and_refuses_bad_input(tmp_path):
+def test_cli_writes_every_kind_and_refuses_bad_input(tmp_path, capsys):
     res = tmp_path / "res"
     recs = [_run("imagewoof", "minimax", "resnetap10", 10, 0, 39.0, 38.0),
             _run("imagewoof", "off-off", "resnetap10", 10, 0, 35.0, 34.0),
             _run("imagenet1k", "minimax", "resnet18", 10, 0, 44.0, 43.0, protocol="rded")]
     _write(str(res / "eval" / "results.jsonl"), recs)
     _write(str(res / "finetune-minimax" / "log.jsonl"), [{"step": 1, "diffusion": 0.5, "steps_per_s": 3.0}])
+    _write(str(res / "finetune-lambda_r-0.0005" / "log.jsonl"), [{"step": 1, "diffusion": 0.5}])
     (res / "samples" / "minimax").mkdir(parents=True)
     (res / "samples" / "minimax" / "manifest.json").write_text("{}")
     (res / "samples" / "minimax" / "x.jsonl").write_text("not json\n")  # pruned: never read
-    out = subprocess.run([sys.executable, "scripts/figures.py", str(res), "--formats", "png,pdf"], cwd=ROOT,
-                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert out.returncode == 0, out.stderr
+    run_cli(F.main, [str(res), "--formats", "png,pdf"])  # the command line in-process (the plan runs it as one)
     names = sorted(os.listdir(res / "figures"))
-    for stem in ("accuracy_vs_ipc-imagewoof-resnetap10", "ablation-imagewoof", "eval_curves-imagewoof-resnetap10-ipc10",
-                 "finetune-finetune-minimax", "table4-resnet18", "accuracy_vs_ipc-imagenet1k-resnet18"):
+    for stem in ("accuracy_vs_ipc-imagewoof-resnetap10", "ablation-imagewoof-resnetap10", "eval_curves-imagewoof-resnetap10-ipc10",
+                 "finetune-finetune-minimax", "finetune-finetune-lambda_r-0.0005", "table4-resnet18",
+                 "accuracy_vs_ipc-imagenet1k-resnet18"):
         assert f"{stem}.png" in names and f"{stem}.pdf" in names
     assert all(os.path.getsize(res / "figures" / n) < 200_000 for n in names if n.endswith(".png"))
     for argv, msg in (([str(tmp_path / "none")], "error: results path not found"),
                       ([str(res), "--formats", "gif"], "error: --formats 'gif'"),
                       ([str(tmp_path / "res" / "samples")], "error: no *.jsonl records")):
-        bad = subprocess.run([sys.executable, "scripts/figures.py", *argv], cwd=ROOT, capture_output=True, text=True)
-        assert bad.returncode == 2 and bad.stderr.startswith(msg) and "Traceback" not in bad.stderr, bad.stderr
+        with pytest.raises(SystemExit) as e:
+            run_cli(F.main, argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(msg) and len(err.strip().splitlines()) == 1, err

@@ -24,9 +24,12 @@ def color(i):
 
 
 def save_figure(fig, path, formats=("png",)):
-    """Write `fig` as path.<fmt> for each format, atomically; returns the written paths. The figure is closed."""
+    """Write `fig` as <path without .png/.pdf/.svg>.<fmt> for each format, atomically; returns the written paths.
+    The figure is closed (its artists stay readable)."""
     plt = pyplot()
-    base = os.path.splitext(path)[0]
+    base, ext = os.path.splitext(path)
+    if ext.lower() not in (".png", ".pdf", ".svg"):  # a stem such as finetune-lambda_r-0.0005
+        base = path
     written = []
     for fmt in formats:
         buf = io.BytesIO()
