@@ -47,7 +47,7 @@ class Tracker:
         else:
             import wandb
             self._wb = wandb.init(project=os.environ.get("WANDB_PROJECT", "minimax-diffusion"), name=name, dir=folder,
-                                  config=clean, reinit="create_new")
+                                  config=clean)  # finished in close(): one run per tool invocation
 
     def scalars(self, values, step, prefix, axis="step"):
         """values {name: number or None} at `step` of the axis named `axis` (step, epoch); None values skipped."""
