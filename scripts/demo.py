@@ -7,7 +7,7 @@
   5. per arm, IPC and seed s: evaluate.py trains a ConvNet (seed s) on the set drawn with seed s and reports its
      MMD, representativeness and diversity in the features of a network trained on the train split;
   6. write RESULTS.md: mean ± std over the seeds, and whether Minimax - Base and Minimax - Difffit differ by more
-     than their spread.
+     than their spread; demo_grid.png (samples) and demo_figure.png (accuracy and the set measures per arm).
 
     python scripts/demo.py [--out demo_out] [--holdout test|val] [--ipcs 10,50] [--quick]
 
@@ -280,6 +280,37 @@ def comparison_grid(data, samples, arms, ipc, path, per_class=10):
     atomic_save_image(img, path)
 
 
+def demo_figure(stats, arms, ipcs, path):
+    """Best top-1 and the three set measures per arm: mean ± std over the seeds (the spread), a marker per IPC, the
+    full train split as a dotted line. Plotted from `collect`'s arrays; gids <metric>/ipc<k> and <metric>/full."""
+    from utils.plots import color, pyplot, save_figure
+    plt = pyplot()
+    shown = [a for a in arms if a.source != "full"]
+    full = next((a for a in arms if a.source == "full"), None)
+    panels = [m for m in METRICS if m[0] != "last"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.6))
+    for ax, (key, label, _) in zip(axes, panels):
+        for j, ipc in enumerate(ipcs):
+            pts = [(i + (j - (len(ipcs) - 1) / 2) * 0.2, stats[(a.name, ipc)][key]) for i, a in enumerate(shown)
+                   if key in stats.get((a.name, ipc), {})]
+            if pts:
+                eb = ax.errorbar([x for x, _ in pts], [float(v.mean()) for _, v in pts],
+                                 yerr=[float(v.std()) for _, v in pts], fmt="os"[j % 2], ms=4, capsize=3,
+                                 color=color(j), ls="none", label=f"IPC {ipc}")
+                eb.lines[0].set_gid(f"{key}/ipc{ipc}")
+        vals = stats.get((full.name, None), {}).get(key) if full else None
+        if vals is not None:
+            ax.axhline(float(vals.mean()), ls=":", color="k", lw=1, gid=f"{key}/full", label=full.label)
+        ax.set_xticks(range(len(shown)), [a.name for a in shown], rotation=30, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Digits demo: mean ± std over the seeds (each seed draws the set and seeds the ConvNet)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return fig  # closed, its artists still readable
+
+
 #### Main ######################################################################################################
 
 MAX_IPC = 98  # train images of the smallest digit class (174: 52 test, 24 val, 98 train)
@@ -382,6 +413,8 @@ def main(argv=None):
     grid = os.path.join(out, f"demo_grid{'' if args.holdout == 'test' else '_val'}.png")
     comparison_grid(data, samples, arms, max(ipcs), grid)
     stats = collect(results, arms, ipcs, seeds)
+    figure = os.path.join(out, f"demo_figure{'' if args.holdout == 'test' else '_val'}.png")
+    demo_figure(stats, arms, ipcs, figure)
     pairs = GENERATED_COMPARISONS if args.holdout == "test" else ()
     total = time.time() - t0
     load = os.getloadavg()
@@ -398,7 +431,8 @@ def main(argv=None):
                  "and ConvNet seed:\n",
                  comparisons(stats, ipcs, pairs)]
     panels = " | ".join(a.name for a in gen)
-    body.append(f"\nSample grid (real | {panels}, sampling seed 0): {os.path.basename(grid)}\n")
+    body.append(f"\nSample grid (real | {panels}, sampling seed 0): {os.path.basename(grid)}; accuracy and the set "
+                f"measures per arm (mean ± std over the seeds): {os.path.basename(figure)}\n")
     body.append("\nWall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s "
                 f"with {args.threads} torch thread(s) per process, {args.jobs} evaluation process(es), on "
                 f"{os.cpu_count()} CPUs, load average {load[0]:.2f} / "

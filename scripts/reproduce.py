@@ -1,5 +1,5 @@
 """Reproduce the paper for one subset: fine-tune -> sample IPC 100 -> evaluate every IPC x network x repeat, plus the
-Random / Herding / K-Center / DiT (no fine-tune) / Full baselines, then the paper-layout tables.
+Random / Herding / K-Center / DiT (no fine-tune) / Full baselines, then the paper-layout tables and figures.
 
     python scripts/reproduce.py --subset imagewoof --imagenet /data/imagenet [--out results/imagewoof] [--dry-run]
     (scripts/<subset>.sh IMAGENET_DIR [OUT_DIR] [--dry-run] calls this.)
@@ -213,7 +213,7 @@ def build_steps(subset, imagenet, out, configs, ngpu):
     if "full" in plan["baselines"]:
         steps.append(Step("eval-full", ev + ["--train", train_dir, "--select", "full", "--method", "full",
                                              "--arch", archs], gpus="one"))
-    steps.append(tables_step(out, plan))
+    steps += [tables_step(out, plan), figures_step(out)]
     return steps
 
 
@@ -260,6 +260,12 @@ def tables_step(out, plan):
                            "--out", os.path.join(out, "tables")] + extra, gpus="none")
 
 
+def figures_step(out):
+    """The figures of every record under OUT (evaluation results and fine-tuning logs) next to the tables."""
+    return Step("figures", [sys.executable, os.path.join("scripts", "figures.py"), out, "--out",
+                            os.path.join(out, "figures")], gpus="none")
+
+
 def build_rded_steps(subset, imagenet, out, configs, ngpu, plan):
     """ImageNet-1K (Table 4, SPEC §9): fine-tune -> sample the largest IPC -> random real images -> evaluate every
     IPC x student x method with the RDED protocol -> tables. Smaller IPCs are the first images of the folders."""
@@ -289,7 +295,7 @@ def build_rded_steps(subset, imagenet, out, configs, ngpu, plan):
                                          os.path.join(samples, m), "--val", val_dir, "--subset", subset, "--ipc",
                                          str(ipc), "--arch", arch, "--repeat", str(plan["repeat"]), "--results",
                                          results, "--method", m, *teacher, *cfg], gpus="one"))
-    steps.append(tables_step(out, plan))
+    steps += [tables_step(out, plan), figures_step(out)]
     return steps
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.demo import ARMS, Arm, comparisons, fine_tune_runs
+from scripts.demo import ARMS, Arm, collect, comparisons, demo_figure, fine_tune_runs
 from scripts.demo_gradients import main as gradients_main
 from utils.errors import UserError
 
@@ -52,6 +52,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert "| 2 | minimax − base |" in table and "| 3 | minimax − difffit |" in table
     assert "| 3 | minimax-mode − minimax |" in table
     assert Image.open(out / "demo_grid.png").size == (5 * 10 * 32 + 4 * 12, 14 + 10 * 32)
+    assert Image.open(out / "demo_figure.png").size[0] > 400 and "demo_figure.png" in table
     fill = [json.loads(ln) for ln in open(out / "runs" / "minimax" / "log.jsonl")][-1]
     assert 0 < fill["mem_fill"] <= 1 and -1 <= fill["cos_pred_max"] <= 1 and fill["loss_d"] > 0
     gradients_main([str(out), "--batches", "2"])  # the gradient probe on the demo's base model
@@ -80,3 +81,36 @@ def test_verdict_compares_the_difference_with_the_spread():
     text = comparisons(stats, [10], (("minimax", "base"), ("minimax", "difffit")))
     assert "| 10 | minimax − base | 10.0 (spread 1.4, beyond spread; paired sd 0.0) |" in text
     assert "| 10 | minimax − difffit | 1.0 (spread 1.4, within spread; paired sd 0.0) |" in text
+
+
+def test_demo_figure_plots_the_records(tmp_path):
+    """The figure of accuracy and the set measures per arm, from a small fake record set: the plotted means and
+    error bars are the records' mean and std over the seeds."""
+    rng = np.random.default_rng(0)
+    recs, want = [], {}
+    for m in ("random", "base", "minimax", "full"):
+        for ipc in ((10, 50) if m != "full" else (None,)):
+            for s in (0, 1, 2):
+                v = {"best": 60 + 10 * rng.random(), "last": 55.0, "mmd_linear": rng.random(), "rep": rng.random(),
+                     "div": rng.random()}
+                recs += [{"kind": "run", "method": m, "ipc": ipc, "seed": s, "best": v["best"], "last": v["last"]},
+                         {"kind": "mmd", "method": m, "ipc": ipc, "seed": s,
+                          **{k: v[k] for k in ("mmd_linear", "rep", "div")}}]
+                for k, x in v.items():
+                    want.setdefault((m, ipc, k), []).append(x)
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    arms = [Arm("random", "Random", "real"), Arm("base", "Base", "model", "base"),
+            Arm("minimax", "Minimax", "model", "minimax"), Arm("full", "Full", "full")]
+    stats = collect(str(tmp_path / "test.jsonl"), arms, [10, 50], [0, 1, 2])
+    fig = demo_figure(stats, arms, [10, 50], str(tmp_path / "demo_figure.png"))
+    assert (tmp_path / "demo_figure.png").stat().st_size < 100_000
+    for ax, key in zip(fig.axes, ("best", "mmd_linear", "rep", "div")):
+        for ipc in (10, 50):
+            line = next(a for a in ax.get_children() if a.get_gid() == f"{key}/ipc{ipc}")
+            assert line.get_ydata() == pytest.approx([np.mean(want[(m, ipc, key)]) for m in ("random", "base",
+                                                                                             "minimax")])
+            bars = next(c for c in ax.containers if c.lines[0] is line).lines[2][0].get_segments()
+            assert [b[1, 1] - b[0, 1] for b in bars] == pytest.approx(
+                [2 * np.std(want[(m, ipc, key)]) for m in ("random", "base", "minimax")])
+        full = next(a for a in ax.get_children() if a.get_gid() == f"{key}/full")
+        assert full.get_ydata()[0] == pytest.approx(np.mean(want[("full", None, key)]))

@@ -76,7 +76,7 @@ def test_dry_run_lists_every_step(tmp_path):
     names = [ln.split("] ", 1)[1].split(":", 1)[0] for ln in steps]
     evals = [f"eval-{m}-ipc{i}" for i in (10, 50) for m in ("minimax", "dit", "random")]
     assert names == ([f"finetune-minimax-p{p}" for p in range(10)] + [f"sample-minimax-p{p}" for p in range(10)]
-                     + ["merge-minimax", "sample-dit", "select-random"] + evals + ["tables"])
+                     + ["merge-minimax", "sample-dit", "select-random"] + evals + ["tables", "figures"])
     assert all("[todo]" in ln for ln in steps) and not (tmp_path / "out").exists()
     cmd = {n: ln.split(": ", 1)[1] for n, ln in zip(names, steps)}
     train, val, out = tmp_path / "imagenet" / "train", tmp_path / "imagenet" / "val", tmp_path / "out"

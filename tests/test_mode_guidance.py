@@ -457,7 +457,7 @@ def test_reproduce_samples_every_ipc_with_guidance(tmp_path):
     steps = {s.name: s for s in build_steps("imagewoof", imagenet, str(tmp_path), configs, 1)}
     assert list(steps) == ["finetune-minimax"] + [f"sample-{m}-ipc{k}" for m in ("minimax-mode", "dit-mode")
                                                   for k in (10, 50, 100)] + [
-        f"eval-{m}-ipc{k}" for k in (10, 50, 100) for m in ("minimax-mode", "dit-mode")] + ["tables"]
+        f"eval-{m}-ipc{k}" for k in (10, 50, 100) for m in ("minimax-mode", "dit-mode")] + ["tables", "figures"]
     cmd = steps["sample-minimax-mode-ipc50"].cmd
     assert cmd[cmd.index("--ckpt") + 1] == str(tmp_path / "finetune-minimax" / "checkpoint.pt")  # not retrained
     assert cmd[cmd.index("--ipc") + 1] == "50" and cmd[cmd.index("--train_dir") + 1] == os.path.join(imagenet, "train")

@@ -57,7 +57,7 @@ def test_dry_run_lists_every_step(tree):
     assert names == ["finetune-minimax", "sample-minimax", "sample-dit",
                      "eval-minimax-ipc1", "eval-dit-ipc1", "eval-random-ipc1", "eval-herding-ipc1",
                      "eval-minimax-ipc2", "eval-dit-ipc2", "eval-random-ipc2", "eval-herding-ipc2",
-                     "eval-kcenter-ipc1", "eval-full", "tables"]
+                     "eval-kcenter-ipc1", "eval-full", "tables", "figures"]
     assert all("[todo]" in ln for ln in steps)
     ft = steps[0]
     assert f"--data_dir {tree / 'imagenet' / 'train'}" in ft and "--subset imagewoof" in ft
@@ -80,11 +80,51 @@ def test_end_to_end_then_rerun_is_a_no_op(tree):
     assert all(r["subset"] == "imagewoof" for r in runs)
     md = open(out / "tables" / "tables_best.md").read()
     assert "Table 1: ImageWoof" in md and "| imagewoof | 1 | ConvNet-6 |" in md
+    _figures_match_the_records(out, runs)
     again = _script(tree, "--dry-run")
-    assert again.stdout.count("[done]") == 14 and "[todo]" not in again.stdout
+    assert again.stdout.count("[done]") == 15 and "[todo]" not in again.stdout
     mtime = os.path.getmtime(out / "eval" / "results.jsonl")
     assert _script(tree).returncode == 0
     assert os.path.getmtime(out / "eval" / "results.jsonl") == mtime  # nothing was redone
+
+
+def _figures_match_the_records(out, runs):
+    """The plan's figures step wrote every kind its records allow; rebuilt here, their plotted arrays are the
+    records' numbers: per (method, IPC) the mean over the repeats' records, each run's own curve."""
+    import yaml
+    from scripts import figures as F
+    from scripts.tables import PUBLISHED
+    from utils.plots import find
+    names = set(os.listdir(out / "figures"))
+    assert {"accuracy_vs_ipc-imagewoof-convnet6.png", "accuracy_vs_ipc-imagewoof-convnet6.pdf",
+            "eval_curves-imagewoof-convnet6-ipc1.png", "eval_curves-imagewoof-convnet6-ipc2.png",
+            "finetune-finetune-minimax.png"} <= names
+    groups = F.latest_runs([str(out / "eval" / "results.jsonl")])
+    by, seeds = {}, {}
+    for r in runs:
+        seeds.setdefault((r["method"], r["ipc"]), []).append(r)
+        by[(r["method"], r["ipc"], r["seed"])] = r
+    mean = (lambda m, ipc, key: np.mean([r[key] for r in seeds[(m, ipc)]]))
+    assert len(seeds[("minimax", 1)]) == 3  # the plan's 3 repeats
+    fig = F.accuracy_vs_ipc(groups, yaml.safe_load(open(PUBLISHED)), "imagewoof", "convnet6")
+    ax = fig.axes[0]
+    for m in ("minimax", "dit", "random", "herding"):
+        assert list(find(ax, f"{m}/best").get_xdata()) == [1, 2]
+        assert find(ax, f"{m}/best").get_ydata() == pytest.approx([mean(m, 1, "best"), mean(m, 2, "best")])
+        assert find(ax, f"{m}/last").get_ydata() == pytest.approx([mean(m, 1, "last"), mean(m, 2, "last")])
+    assert list(find(ax, "minimax/paper").get_ydata()) == [37.0, 37.6, 53.9, 55.7, 61.1]
+    assert find(ax, "full/best").get_ydata()[0] == pytest.approx(mean("full", None, "best"))
+    ax = F.eval_curves(groups, "imagewoof", "convnet6", 1).axes[0]
+    for m in ("minimax", "dit", "random", "herding", "kcenter"):
+        for s in (0, 1, 2):
+            assert find(ax, f"{m}/seed{s}").get_xydata().tolist() == by[(m, 1, s)]["curve"]
+        acc = np.array([[a for _, a in r["curve"]] for r in seeds[(m, 1)]])  # (repeats, tests)
+        assert find(ax, f"{m}/mean").get_ydata() == pytest.approx(acc.mean(0))
+    log = [json.loads(ln) for ln in open(out / "finetune-minimax" / "log.jsonl")]
+    fig = F.finetune_curves(log, "t", F.run_batch_size(str(out / "finetune-minimax" / "log.jsonl")))
+    lines = {ln.get_gid(): ln.get_xydata().tolist() for a in fig.axes for ln in a.get_lines() if ln.get_gid()}
+    assert lines["diffusion"] == [[r["step"], r["diffusion"]] for r in log]
+    assert lines["img_per_s"] == [[r["step"], r["steps_per_s"] * 5] for r in log]  # the tiny plan's batch 5
 
 
 def test_bad_input(tree):

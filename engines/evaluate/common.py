@@ -112,6 +112,19 @@ def test_accuracy(model, test, device, amp):
     return 100.0 * float(correct) / max(total, 1)
 
 
+@torch.no_grad()
+def confusion_matrix(model, test, device, amp, num_classes):
+    """Counts [true][predicted] over the whole test set (the same forward as test_accuracy); a list of lists."""
+    model.eval()
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    for x, y in test.batches():
+        with autocast_for(device, amp):
+            pred = model(to_device_format(x)).argmax(1)
+        counts += torch.bincount(y.to(device) * num_classes + pred, minlength=num_classes * num_classes)
+    model.train()
+    return counts.view(num_classes, num_classes).cpu().tolist()
+
+
 def make_model(arch, num_classes, image_size, depth, device, compile_model, seed, width=None):
     torch.manual_seed(seed)
     model = build_classifier(arch, num_classes, image_size, depth=depth, width=width)

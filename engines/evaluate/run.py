@@ -20,8 +20,8 @@ from data.eval_measures import KEYS as MEASURES, set_measures
 from data.eval_select import herding, kcenter, random_select
 from data.subsets import Subset, list_class_dirs, resolve_subset
 from engines.evaluate import rded
-from engines.evaluate.common import (DeviceTest, DeviceTrain, PilTest, PilTrain, make_model, memory_format_for,
-                                     resolve_amp, resolve_device)
+from engines.evaluate.common import (DeviceTest, DeviceTrain, PilTest, PilTrain, confusion_matrix, make_model,
+                                     memory_format_for, resolve_amp, resolve_device)
 from engines.evaluate.idc import (batch_size_for, epochs_for, extract_features, feature_net, optim_defaults,
                                   train_classifier)
 from engines.evaluate.schema import CONFIG, check_config  # the tool's declaration checks library calls too
@@ -29,6 +29,7 @@ from models.classifiers import CLASSIFIERS, RDED_ALIASES, net_ident
 from utils.config import save_config, validate
 from utils.errors import UserError
 from utils.io import file_sha256, remove_stale_tmp, run_info
+from utils.tracker import Tracker
 
 SELECTS = ("none", "random", "herding", "kcenter", "full")
 PROTOCOLS = ("idc", "rded")
@@ -115,7 +116,8 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
                    protocol="idc", teacher="resnet18",
                    teacher_weights=None, teacher_subset=False, temperature=rded.TEMPERATURE, factor=rded.FACTOR,
                    crop_scale=None, bn_updates="twice", best_after=None, test_resize=None, val_cache="auto",
-                   ckpt_every=None, keep_weights=False, debug_kill_epoch=0, log=print, config=None):
+                   ckpt_every=None, keep_weights=False, confusion=False, tracker="none", debug_kill_epoch=0, log=print,
+                   config=None):
     """Evaluate `train` (a class-per-folder image dir) on `val` for each arch in `arch` (list or comma string).
 
     Returns {arch: {"best_mean", "best_std", "last_mean", "last_std", "n_runs", "runs": [run records]}} plus
@@ -123,7 +125,9 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
     (the folder, or the coreset `select` picks) in the features of one network trained on `mmd_real`
     (data/eval_measures.py). Finished runs and measures found in the results JSONL are reused, not redone;
     an unfinished run continues from its state file. `method` is a tag written into every record (scripts/tables.py
-    groups by it); `width` narrows convnet6. `protocol` "rded" trains with a frozen teacher's soft labels."""
+    groups by it); `width` narrows convnet6. `protocol` "rded" trains with a frozen teacher's soft labels.
+    `confusion`: each trained run's last-epoch confusion matrix goes into its record and <folder>/confusion/ as a
+    figure; `tracker` (none | tensorboard | wandb) receives every run's curve and the figures (utils/tracker.py)."""
     args = {k: v for k, v in locals().items() if k not in ("log", "config")}  # the parameters, as given
     if protocol not in PROTOCOLS:
         raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -257,11 +261,13 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
 
     #### training runs
     done = finished_runs(out_path)
+    trk = Tracker(tracker, os.path.join(out_dir, "tracker"), os.path.basename(out_dir), config)
     augment = (lambda u8, size, g: rded_train_batch(u8, size, hp["factor"], hp["crop_scale"], g)) \
         if protocol == "rded" else None
     train_data = None
     for a in archs:
         runs, trained = [], False
+        tag = f"{os.path.basename(os.path.abspath(train))}-{select}-ipc{ipc}-{a}"
         for r in range(repeat):
             s = seed + r
             key = run_key(dict(ident, **net_ident(names[a], image_size)), fp, a, s)
@@ -297,15 +303,23 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
                        seed=s, train=train, val=val, subset=sub.name, select=select, ipc=ipc, epochs=epochs,
                        n_train=len(train_paths), n_val=len(val_paths), **res, fingerprint=fp["train"],
                        fingerprints=fp, protocol=ident, config=config, device=str(dev), info=info)
+            if confusion:  # the final weights are the last epoch's: the last test, counted per class pair
+                rec["confusion"] = confusion_matrix(model, test, dev, amp, C)
+                _confusion_figure(rec, wnids, os.path.join(out_dir, "confusion", f"{tag}-seed{s}.png"), trk)
             record(out_path, rec)
             if not keep_weights:  # the record is written: the run's state is no longer needed
                 os.remove(state["state_path"])
             runs.append(rec)
             trained = True
         stats = _stats(runs)
-        tag = f"{os.path.basename(os.path.abspath(train))}-{select}-ipc{ipc}-{a}"
-        save_curves(os.path.join(out_dir, "curves", f"{tag}.png"),
-                    {f"seed {r['seed']}": r["curve"] for r in runs}, tag)
+        curves_png = os.path.join(out_dir, "curves", f"{tag}.png")
+        save_curves(curves_png, {f"seed {r['seed']}": r["curve"] for r in runs}, tag)
+        for r in runs:  # the tracker gets the records' curves as they are
+            losses = dict((e, v) for e, v in r.get("loss", []))
+            for e, acc in r["curve"]:
+                trk.scalars({"top1": acc, "loss": losses.get(e)}, e,
+                            f"eval/{method or tag}/{a}/ipc{ipc}/seed{r['seed']}", axis="epoch")
+        trk.image(f"eval/curves/{tag}", curves_png)
         if trained:  # a rerun that found every run finished adds nothing to the results file
             record(out_path, dict(kind="summary", time=time.time(), method=method, eval_protocol=protocol, arch=a,
                                   train=train, subset=sub.name, select=select, ipc=ipc, epochs=epochs,
@@ -314,4 +328,15 @@ def run_evaluation(train, val, arch=None, subset="custom", ipc=None, select="non
         log(f"[{a}] best {stats['best_mean']:.2f} ± {stats['best_std']:.2f}   last {stats['last_mean']:.2f} ± "
             f"{stats['last_std']:.2f}   over seeds {[r['seed'] for r in runs]}")
         summary[a] = dict(stats, runs=runs)
+    trk.close()
     return summary
+
+
+def _confusion_figure(rec, names, path, trk):
+    """The run's confusion matrix as a figure (matplotlib), sent to the tracker too."""
+    from utils.plots import confusion_figure, save_figure
+    acc = 100.0 * sum(rec["confusion"][i][i] for i in range(len(names))) / max(1, sum(map(sum, rec["confusion"])))
+    title = (f"{rec['method'] or os.path.basename(str(rec['train']))} {rec['arch']} IPC {rec['ipc']} seed "
+             f"{rec['seed']}: epoch {rec['curve'][-1][0]}, top-1 {acc:.2f} %")
+    save_figure(confusion_figure(rec["confusion"], names, title), path)
+    trk.image(f"eval/confusion/{os.path.splitext(os.path.basename(path))[0]}", path)

@@ -5,6 +5,7 @@ import os
 from data.subsets import subset_names
 from utils.config import Key, check_device, check_output
 from utils.errors import UserError
+from utils.tracker import HELP as TRACKER_HELP, TRACKERS, check_tracker
 
 # key -> Key(default, allowed values, help): parsing, --help and validation come from here (before torch loads).
 # configs/evaluate.yaml spells out the same defaults (tests/test_schema.py proves it).
@@ -101,6 +102,11 @@ CONFIG = {
                             "resume after a kill (None: every ~2 minutes; 0: only at the end)", type="int", lo=0, null=True),
     "keep_weights": Key(False, "keep each finished run's final state (student weights) in <results>/state/",
                         type="bool"),
+    "confusion": Key(False, "write the confusion matrix of each trained run's last epoch (test set) as a figure "
+                            "<results folder>/confusion/<tag>-seed<s>.png and into the run's record (C x C counts)",
+                     type="bool"),
+    "tracker": Key("none", TRACKER_HELP + " (folder <results folder>/tracker: every run's curve, the curve and "
+                                          "confusion figures)", choices=TRACKERS),
     "debug_kill_epoch": Key(0, "testing: SIGKILL this process right after the state of this epoch is written "
                                "(0 = off)", type="int", lo=0),
 }
@@ -148,4 +154,5 @@ def check_config(cfg):
             raise UserError(f"--arch {rded_only[0]} names a network of the rded protocol; under idc use "
                             f"{rded_only[0].replace('_in', '')}_bn or pass --protocol rded")
     check_device(cfg["device"])
+    check_tracker(cfg["tracker"])
     return cfg

@@ -8,6 +8,7 @@ share its batch, on the number of processes, or on the IPC asked: IPC-10 is the 
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from models.vae import load_vae
 from utils.dist import barrier, cleanup, init_distributed
 from utils.errors import UserError
 from utils.io import atomic_save_image, atomic_write_json, file_sha256, run_info
+from utils.tracker import Tracker
 
 SAMPLERS = ("ancestral", "ddim")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -232,14 +234,45 @@ def write_grid(out, wnids, per_class, path=None):
     return path
 
 
+def class_pages_dir(out):
+    """The per-class pages beside the folder: <out>_grids/."""
+    return os.path.normpath(os.path.abspath(out)) + "_grids"
+
+
+def write_class_pages(out, wnids, ipc):
+    """One page per class of its images 0..ipc-1 (those that exist), in a near-square grid of ceil(sqrt(ipc))
+    columns, row-major, at the images' size (tiny images enlarged by an integer factor, nearest):
+    <out>_grids/<wnid>.png. Returns the written paths."""
+    cols = math.ceil(math.sqrt(ipc))
+    rows = math.ceil(ipc / cols)
+    written = []
+    for w in wnids:
+        files = [(i, image_path(out, w, i)) for i in range(ipc) if os.path.isfile(image_path(out, w, i))]
+        if not files:
+            continue
+        with Image.open(files[0][1]) as im:
+            side = im.size[0]
+        tile = side * -(-48 // side) if side < 48 else side
+        page = Image.new("RGB", (cols * tile, rows * tile), "white")
+        for i, p in files:
+            with Image.open(p) as im:
+                page.paste(im.convert("RGB").resize((tile, tile), Image.NEAREST), ((i % cols) * tile,
+                                                                                    (i // cols) * tile))
+        path = os.path.join(class_pages_dir(out), f"{w}.png")
+        atomic_save_image(page, path)
+        written.append(path)
+    return written
+
+
 #################################################################################
 #                                 sample_folder                                 #
 #################################################################################
 
 def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sampler="ancestral", eta=0.0,
                   cfg_scale=4.0, cfg_channels=3, batch_size=32, micro_batch=32, precision="fp32", device="cpu",
-                  compile=False, overwrite=False, grid=10, identity=None, config=None, rank=0, world_size=1,
-                  progress=True, debug_kill_after=0, modes=None, mode_scale=0.1, mode_stop=25, modes_info=None):
+                  compile=False, overwrite=False, grid=10, class_grids=False, identity=None, config=None, rank=0,
+                  world_size=1, progress=True, debug_kill_after=0, modes=None, mode_scale=0.1, mode_stop=25,
+                  modes_info=None):
     """Sample images 0..ipc-1 of every class into out/<wnid>/<i>.png; existing images are kept (resume).
 
     model: DiT in eval mode on `device`; vae: models.vae encoder; diffusion: the respaced process; labels[j]: DiT
@@ -247,8 +280,8 @@ def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sam
     compared on resume (without a "weights" entry the weights are fingerprinted); config: recorded as is. With world_size > 1 (torchrun), the missing images are split across
     ranks. modes (K, ipc, C, H, W), aligned with wnids: image i of class j is mode-guided towards modes[j, i]
     (mode_scale, mode_stop as in sample_latents); modes_info (e.g. the modes file's sha256 and IPC) is recorded in
-    the manifest and compared on resume. Returns {"written", "skipped", "seconds", "images_per_s", "grid",
-    "manifest"}.
+    the manifest and compared on resume. class_grids: also a page per class of all its images (write_class_pages).
+    Returns {"written", "skipped", "seconds", "images_per_s", "grid", "class_grids", "manifest"}.
     """
     if ipc <= 0:
         raise UserError(f"ipc must be at least 1, got {ipc}")
@@ -337,15 +370,16 @@ def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sam
     barrier()
 
     #### preview grid and final manifest
-    gpath = None
+    gpath, pages = None, []
     if rank == 0:
         gpath = write_grid(out, wnids, min(grid, ipc)) if grid > 0 else None
+        pages = write_class_pages(out, wnids, ipc) if class_grids else []
         manifest["complete"] = all(os.path.isfile(image_path(out, w, i)) for w in wnids for i in range(ipc))
         manifest["runs"][-1]["seconds"] = round(seconds, 3)
         atomic_write_json(os.path.join(out, MANIFEST), manifest)
     barrier()
     return {"written": len(mine), "skipped": len(wnids) * ipc - len(todo), "seconds": seconds,
-            "images_per_s": len(mine) / seconds if seconds > 0 else 0.0, "grid": gpath,
+            "images_per_s": len(mine) / seconds if seconds > 0 else 0.0, "grid": gpath, "class_grids": pages,
             "manifest": os.path.join(out, MANIFEST)}
 
 
@@ -412,10 +446,18 @@ def run(cfg):
                           sampler=cfg["sampler"], eta=cfg["ddim_eta"], cfg_scale=cfg["cfg_scale"],
                           cfg_channels=cfg_channels, batch_size=cfg["batch_size"], micro_batch=cfg["micro_batch"],
                           precision=cfg["precision"], device=dist.device, compile=cfg["compile"],
-                          overwrite=cfg["overwrite"], grid=cfg["grid"], identity=identity, config=dict(cfg),
+                          overwrite=cfg["overwrite"], grid=cfg["grid"], class_grids=cfg["class_grids"],
+                          identity=identity, config=dict(cfg),
                           rank=dist.rank, world_size=dist.world_size, progress=cfg["progress"],
                           debug_kill_after=cfg["debug_kill_after"], **guide)
-    if dist.is_main:
+    if dist.is_main:  # the tracker gets what the run wrote: speed and the grids (nothing here changes a pixel)
+        tracker = Tracker(cfg["tracker"], os.path.normpath(os.path.abspath(cfg["out"])) + "_tracker",
+                          os.path.basename(os.path.normpath(cfg["out"])), cfg)
+        tracker.scalars({k: stats[k] for k in ("written", "skipped", "seconds", "images_per_s")}, 0, "sample")
+        tracker.image("sample/grid", stats["grid"])
+        for page in stats["class_grids"]:
+            tracker.image(f"sample/class/{os.path.splitext(os.path.basename(page))[0]}", page)
+        tracker.close()
         print(f"{stats['written']} image(s) written on rank 0 of {dist.world_size}, {stats['skipped']} kept, "
               f"{stats['images_per_s']:.2f} img/s; folder {cfg['out']}, grid {stats['grid']}")
     cleanup()

@@ -6,6 +6,7 @@ from data.subsets import subset_names
 from models import DIT_NAMES, check_image_size
 from utils.config import Key, check_device, check_output
 from utils.errors import UserError
+from utils.tracker import HELP as TRACKER_HELP, TRACKERS, check_tracker
 
 DEFAULT_BASE = ("DiT-XL-2-256x256.pt", "facebook/DiT-XL-2-256")
 SD_VAE_HUB = ("stabilityai/sd-vae-ft-ema", "stabilityai/sd-vae-ft-mse")  # one encoder, two decoders
@@ -102,7 +103,10 @@ CONFIG = {
                help="REQUIRED: output folder; images go to <out>/<wnid>/<i>.png, preview to <out>_grid.png"),
     "overwrite": Key(False, "replace the sample images of a folder made with other settings (default: refuse)"),
     "grid": Key(10, lo=0, help="images per class in the preview grid <out>_grid.png (0 = no grid)"),
+    "class_grids": Key(False, "also write a page per class of all its IPC images, <out>_grids/<wnid>.png "
+                              "(any IPC: the tiles wrap into a near-square page)"),
     "progress": Key(True, "tqdm progress bar with images/s"),
+    "tracker": Key("none", TRACKER_HELP + " (folder <out>_tracker: config, speed, grids)", choices=TRACKERS),
     "debug_kill_after": Key(0, lo=0,
                             help="testing: SIGKILL this process after this many images are written (0 = off)"),
 }
@@ -143,6 +147,7 @@ def check_config(cfg):
     if bad:
         raise UserError(bad)
     check_device(cfg["device"])
+    check_tracker(cfg["tracker"])
     return None if cfg["cfg_channels"] == "all" else cfg["cfg_channels"]
 
 

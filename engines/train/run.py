@@ -32,6 +32,7 @@ from utils.config import suggest, save_config
 from utils.dist import barrier, cleanup, init_distributed
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save, atomic_write_text, remove_stale_tmp, run_info
+from utils.tracker import Tracker
 
 CKPT_NAME = "checkpoint.pt"
 
@@ -428,6 +429,8 @@ def _train(cfg, info):
     base = None if kind == "full" else {"source": ident["source"], "sha256": ident["sha256"]}
     label_map = torch.tensor(class_labels, dtype=torch.long, device=device)  # subset-local -> DiT label
     provenance = _run_info() if info.is_main else None  # only the main rank writes checkpoints
+    tracker = Tracker(cfg["tracker"] if info.is_main else "none", os.path.join(cfg["run_dir"], "tracker"),
+                      os.path.basename(os.path.normpath(cfg["run_dir"])), cfg)  # log.jsonl's scalars, sent on
     if info.is_main:
         save_config(cfg, os.path.join(cfg["run_dir"], "config.yaml"))
         trim_log(log_path, step)
@@ -516,6 +519,7 @@ def _train(cfg, info):
                         **(probe or {})}  # this step's batch on rank 0: memory fill and the losses' cosines
                 if info.is_main:
                     append_jsonl(log_path, last)
+                    tracker.scalars(last, step, "train")
                     bar.set_postfix(loss=f"{last['loss']:.4f}", L_r=f"{vals[3]:.2e}", L_d=f"{vals[4]:.2e}")
                 window.zero_()
                 t_window, n_window = now, 0
@@ -527,5 +531,6 @@ def _train(cfg, info):
             if step >= total:
                 break
     bar.close()
+    tracker.close()
     return {"run_dir": cfg["run_dir"], "checkpoint": ckpt_path, "step": step, "total_steps": total,
             "trainable": sum(p.numel() for p in trainable.values()), "last_log": last}

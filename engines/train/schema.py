@@ -5,6 +5,7 @@ from data.subsets import get_subset, subset_names
 from models import DIT_NAMES, check_image_size
 from utils.config import Key, check_device, check_output, resolve
 from utils.errors import UserError
+from utils.tracker import HELP as TRACKER_HELP, TRACKERS, check_tracker
 
 
 # key -> Key(default, allowed values, help): the one declaration that parsing, --help and validation use.
@@ -116,6 +117,7 @@ CONFIG = {
                      help="append a log.jsonl record (losses averaged over the window, lr, steps/s) every this "
                           "many steps"),
     "progress": Key(True, "tqdm progress bar"),
+    "tracker": Key("none", TRACKER_HELP + " (folder <run_dir>/tracker)", choices=TRACKERS),
     #### testing hooks
     "debug_nan_step": Key(0, lo=0,
                           help="testing: make the loss of this step NaN (the run must stop, the checkpoint stay "
@@ -129,7 +131,7 @@ CONFIG = {
 RESUME_MUTABLE = {"base", "data_dir", "latent_cache", "cache_dir", "cache_dtype", "cache_resident", "cache_batch_size",
                   "num_workers", "epochs", "max_steps", "device", "bf16", "tf32", "compile", "grad_checkpointing",
                   "cache_fill", "cache_fill_batch", "scan_cache",
-                  "run_dir", "resume", "auto_resume", "ckpt_every", "keep_every", "log_every", "progress",
+                  "run_dir", "resume", "auto_resume", "ckpt_every", "keep_every", "log_every", "progress", "tracker",
                   "debug_nan_step", "debug_kill_step"}
 
 def full_config(overrides=None):
@@ -151,6 +153,7 @@ def check_config(cfg):
     if bad:  # finetune: the base's input size is checked against the latent when it loads
         raise UserError(bad)
     check_device(cfg["device"])
+    check_tracker(cfg["tracker"])
     return cfg
 
 
