@@ -3,7 +3,7 @@ started in the foreground from a generated slurm.conf (this host, its cores, sel
 state, spool, logs and the munge socket under one folder, free ports), stopped by pid. Needs root (slurmd runs jobs
 as their user) and the binaries; `missing()` says what is absent, so the tests can skip with that reason.
 
-    python tests/slurm_cluster.py DIR      # start one by hand; prints `export SLURM_CONF=...`, Ctrl-C stops it
+    python tests/slurm_cluster.py DIR      # start one by hand; prints `export SLURM_CONF=...`, Ctrl-C or kill stops it
 """
 import os
 import shutil
@@ -127,6 +127,7 @@ if __name__ == "__main__":
     if missing():
         sys.exit(missing())
     c = Cluster(sys.argv[1] if len(sys.argv) > 1 else "slurm_test_cluster")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill PID stops the daemons too
     c.start()
     print(f"export SLURM_CONF={c.conf}", flush=True)
     try:

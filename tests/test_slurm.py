@@ -284,3 +284,30 @@ def test_scontrol_requeue_of_a_running_finetune_resumes_exactly(cluster, tree, t
     assert straight["step"] == total
     load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
     assert_same_state(load(out / "ft" / "checkpoint.pt"), load(tmp_path / "straight" / "checkpoint.pt"))
+
+
+def test_slurm_defaults_file_and_bad_values(tmp_path, capsys):
+    """configs/slurm.yaml spells out every declared default; every key refuses its bad values in one line."""
+    import yaml
+    from scripts import reproduce as rp
+    from scripts import slurm
+    from tests.test_schema import bad_values
+    from utils.config import coerce
+    from utils.errors import run_cli
+    block = yaml.safe_load(open(os.path.join(ROOT, "configs", "slurm.yaml")))["slurm"]
+    assert block.keys() == slurm.SLURM.keys()
+    assert {k: coerce(k, v, slurm.SLURM[k]) for k, v in block.items()} == slurm.DEFAULTS
+    assert slurm.only_slurm(os.path.join(ROOT, "configs", "slurm.yaml"))
+    for d in ("train", "val"):
+        os.makedirs(tmp_path / "imagenet" / d)
+    base = ["--subset", "imagewoof", "--imagenet", str(tmp_path / "imagenet"), "--out", str(tmp_path / "out"),
+            "--launcher", "slurm", "--dry-run", "--config", str(tmp_path / "bad.yaml")]
+    cases = [(k, v) for k, e in slurm.SLURM.items() for v, _ in bad_values(k, e, tmp_path)]
+    cases += [("signal", "USR1-180"), ("gpu_per_node", "8")]
+    for key, value in cases:
+        (tmp_path / "bad.yaml").write_text(f"slurm:\n  {key}: {value if value else chr(39) * 2}\n")
+        with pytest.raises(SystemExit) as e:
+            run_cli(rp.main, base)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and key.replace("gpu_", "gpus_") in err, (key, value, err)
+    assert not (tmp_path / "out").exists()

@@ -40,6 +40,8 @@ class watch:
     def __exit__(self, *exc):
         for s, h in self.old.items():
             signal.signal(s, h)
+        if self.old:
+            _flag.signum = None  # a later in-process call starts clean
         return False
 
 
