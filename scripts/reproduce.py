@@ -477,9 +477,8 @@ def main(argv=None):
         return select_real(dest, train_dir, subset, int(ipc), int(seed))
     if args.job:
         out, name = os.path.abspath(args.job[0]), args.job[1]
-        _, steps = load_plan(out)
-        step = next(s for s in steps if s.name == name)
-        sys.exit(slurm.run_job(out, name, command_text(step), marker(out, step), ROOT))
+        sys.exit(slurm.run_job(out, name, lambda cmd: command_text(Step(name, cmd)), marker(out, Step(name, [])),
+                               ROOT))
     if not args.subset or not args.imagenet:
         raise UserError("pass --subset NAME and --imagenet DIR (the folder holding train/ and val/)")
     get_subset(args.subset)  # unknown names fail here

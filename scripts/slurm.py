@@ -320,7 +320,7 @@ def submit(out, steps, cfg, devices, is_done, root, dry_run=False, env=None, log
             continue
         for s in job["steps"]:  # what the job runs, read by `reproduce.py --job`
             atomic_write_json(os.path.join(out, ".slurm", "steps", s.name + ".json"), {
-                "name": s.name, "cmd": [str(a) for a in s.cmd], "env": s.env, "gpus": s.gpus,
+                "name": s.name, "cmd": [str(a) for a in s.cmd], "python": sys.executable, "env": s.env, "gpus": s.gpus,
                 "nodes": cfg["nodes"] if s.gpus == "all" else 1, "srun": cfg["srun"] or (
                     s.gpus == "all" and cfg["nodes"] > 1), "master_port": cfg["master_port"], "sbatch": opts + dep})
         path = os.path.join(out, ".slurm", "jobs", f"{job['name']}.sh")
@@ -375,11 +375,13 @@ def runtime_command(spec, env):
     return ["srun", "--ntasks-per-node=1", f"--nodes={nodes}", "--kill-on-bad-exit=1"] + cmd
 
 
-def run_job(out, name, command_text, marker_path, root):
-    """`reproduce.py --job OUT STEP` inside a batch job: run the step, forward SIGTERM / SIGUSR1 to it, write the
-    marker on success, requeue on the time-limit warning. Returns the exit code."""
+def run_job(out, name, text_of, marker_path, root):
+    """`reproduce.py --job OUT STEP` inside a batch job: run the step as submitted (.slurm/steps/STEP.json), forward
+    SIGTERM / SIGUSR1 to it, write the marker (text_of(cmd): the command as markers record it) on success, requeue
+    on the time-limit warning. Returns the exit code."""
     with open(os.path.join(out, ".slurm", "steps", name + ".json")) as f:
         spec = json.load(f)
+    command_text = text_of([sys.executable if a == spec.get("python") else a for a in spec["cmd"]])
     env = dict(os.environ, **spec["env"])
     job_id = env.get("SLURM_JOB_ID", "?")
     if env.get("SLURM_ARRAY_TASK_ID"):

@@ -4,7 +4,6 @@ binaries are missing, and CI runs them as their own step (.ci/run installs slurm
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -185,9 +184,16 @@ def test_plan_through_slurm_failure_rerun_and_local_equality(cluster, tree):
     dependents never run, the baselines finish; `status` names the failed steps and their logs' last line. With the
     weights fixed, a rerun submits only what is missing and ends with the same records as the local launcher."""
     out = tree / "out-slurm"
+    t0 = time.time()
+    local = subprocess.Popen(  # the local launcher's run, beside the cluster's jobs (it uses one core)
+        [sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "--subset", "imagewoof", "--imagenet",
+         str(tree / "imagenet"), "--out", str(tree / "out-local"), "--config", str(tree / "tiny.yaml")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
+    while not (tree / "out-local" / ".steps" / "sample-dit.done").exists():  # its base-weight steps are done
+        assert local.poll() is None, local.stdout.read()[-3000:]
+        time.sleep(0.5)
     good = (tree / "tiny_dit.pt").read_bytes()
     (tree / "tiny_dit.pt").write_bytes(b"not a checkpoint")
-    t0 = time.time()
     res = reproduce(tree, out, "--config", str(tree / "cluster.yaml"), "--launcher", "slurm", env=cluster)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("submitted ") == 7
@@ -223,10 +229,10 @@ def test_plan_through_slurm_failure_rerun_and_local_equality(cluster, tree):
     assert {b: open(out / ".steps" / f"{b}.done").read() for b in baselines} == first
     assert "Table 1: ImageWoof" in open(out / "tables" / "tables_best.md").read()
 
-    t1 = time.time()
-    local = reproduce(tree, tree / "out-local")
-    assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
-    print(f"\nSLURM: {slurm_seconds:.0f} s for both submissions; local launcher {time.time() - t1:.0f} s")
+    text = local.communicate(timeout=600)[0]
+    assert local.returncode == 0, text[-3000:]
+    print(f"\nSLURM: {slurm_seconds:.0f} s from the start of both launchers to the end of the second submission; "
+          f"local launcher done after {time.time() - t0:.0f} s")
     got, want = run_records(out), run_records(tree / "out-local")
     assert got.keys() == want.keys() and len({k[:2] for k in got}) == 10  # every (method, ipc) of the plan
     assert got == want  # same accuracies, same curves
@@ -246,7 +252,7 @@ def test_scontrol_requeue_of_a_running_finetune_resumes_exactly(cluster, tree, t
     out = tmp_path / "out"
     args = ["--config", "configs/tiny.yaml", "--data_dir", str(tree / "imagenet" / "train"), "--base",
             str(tree / "tiny_dit.pt"), "--subset", "imagewoof", "--cache_dir", str(tmp_path / "cache"),
-            "--epochs", "40", "--ckpt_every", "1000", "--device", "cpu"]
+            "--epochs", "20", "--ckpt_every", "1000", "--device", "cpu"]
     step = rp.Step("finetune", [sys.executable, "train_minimax.py", *args, "--run_dir", str(out / "ft")])
     rp.save_plan(str(out), slurm.link_steps([step]), "slurm")
     cfg = slurm.settings([str(tree / "cluster.yaml")])
@@ -279,7 +285,7 @@ def test_scontrol_requeue_of_a_running_finetune_resumes_exactly(cluster, tree, t
     assert rp.is_done(str(out), step)
     straight = train(full_config(dict(yaml.safe_load(open(os.path.join(ROOT, "configs", "tiny.yaml")))["train"],
                                       data_dir=str(tree / "imagenet" / "train"), base=str(tree / "tiny_dit.pt"),
-                                      subset="imagewoof", cache_dir=str(tmp_path / "cache"), epochs=40,
+                                      subset="imagewoof", cache_dir=str(tmp_path / "cache"), epochs=20,
                                       ckpt_every=1000, device="cpu", run_dir=str(tmp_path / "straight"))))
     assert straight["step"] == total
     load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
@@ -311,3 +317,37 @@ def test_slurm_defaults_file_and_bad_values(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1 and key.replace("gpu_", "gpus_") in err, (key, value, err)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_srun_torchrun_rendezvous_on_one_node(cluster, tree, tmp_path):
+    """The multi-node launch path (srun + one torchrun per node + c10d rendezvous on the first node), as far as one
+    node allows (`srun: true`): two gloo workers meet, all-reduce, and see the job id as the rendezvous id."""
+    from scripts import reproduce as rp
+    from scripts import slurm
+    from tests.slurm_cluster import _free_port
+    worker = tmp_path / "worker.py"
+    worker.write_text("import os, sys, torch, torch.distributed as dist\n"
+                      "dist.init_process_group('gloo')\n"
+                      "t = torch.tensor([dist.get_rank() + 1.0]); dist.all_reduce(t)\n"
+                      "if dist.get_rank() == 0:\n"
+                      "    open(sys.argv[1], 'w').write(f\"{dist.get_world_size()} {t.item()} "
+                      "{os.environ['TORCHELASTIC_RUN_ID']}\")\n")
+    out = tmp_path / "out"
+    step = rp.Step("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(worker), str(tmp_path / "result.txt")])
+    rp.save_plan(str(out), [step], "slurm")
+    cfg = dict(slurm.settings([str(tree / "cluster.yaml")]), srun=True, master_port=_free_port())
+    old = dict(os.environ)
+    os.environ.update(cluster)
+    try:
+        job = slurm.submit(str(out), [step], cfg, {}, rp.is_done, ROOT, log=lambda *a: None)["ddp"]
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    wait_idle(cluster, timeout=300)
+    text = open(out / "logs" / f"ddp.{job}.log").read()
+    assert "srun --ntasks-per-node=1 --nodes=1 --kill-on-bad-exit=1" in text and "--rdzv_backend=c10d" in text
+    assert (tmp_path / "result.txt").read_text() == f"2 3.0 {job}", text[-3000:]
+    assert rp.is_done(str(out), step)
