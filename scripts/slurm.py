@@ -348,7 +348,7 @@ def print_status(out, steps, is_done, env=None, log=print):
         line = f"{s.name:<{width}}  {st['state']:<13}"
         if st["job_id"]:
             line += f"  job {st['job_id']}"
-        if st["state"] in ("failed", "running", "queued") and st["log"]:
+        if st["state"] in ("failed", "running", "queued") and st["log"] and os.path.exists(st["log"]):
             line += f"  {st['log']}"
             if st["last"]:
                 line += f"  | {st['last']}"

@@ -241,8 +241,9 @@ def test_plan_through_slurm_failure_rerun_and_local_equality(cluster, tree):
 @pytest.mark.slurm
 @needs_cluster
 def test_scontrol_requeue_of_a_running_finetune_resumes_exactly(cluster, tree, tmp_path):
-    """A fine-tune job requeued mid-run (scontrol requeue: SIGTERM, then SLURM starts it again) saves its state on
-    the signal and its second start resumes from it: the final checkpoint equals an uninterrupted run's."""
+    """A fine-tune job requeued mid-run (scontrol requeue: SIGTERM, then SLURM starts it again), then warned of its
+    time limit (SIGUSR1 to the batch shell: it requeues itself) saves its state on each signal and resumes from it:
+    the final checkpoint equals an uninterrupted run's."""
     from scripts import reproduce as rp
     from scripts import slurm
     from engines.train.run import train
@@ -265,23 +266,33 @@ def test_scontrol_requeue_of_a_running_finetune_resumes_exactly(cluster, tree, t
         os.environ.update(old)
     job = ids["finetune"]
     log = out / "ft" / "log.jsonl"
-    end = time.time() + 180
-    while not (log.exists() and len(log.read_text().splitlines()) >= 5):
-        assert time.time() < end, "the job did not start training"
-        time.sleep(0.1)
-    subprocess.run(["scontrol", "requeue", job], env=cluster, check=True)
-    while True:  # requeued jobs wait ~2 minutes (their begin time); let it start now
-        r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=cluster)
-        if r.stdout.strip() == "PENDING":
-            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=cluster, check=True)
-            break
-        assert time.time() < end, r.stdout
-        time.sleep(0.2)
+    end = time.time() + 240
+
+    def wait_steps(n):
+        while not (log.exists() and len(log.read_text().splitlines()) >= n):
+            assert time.time() < end, "the job did not train"
+            time.sleep(0.1)
+
+    def release():  # a requeued job waits ~2 minutes (its begin time); let it start now
+        while True:
+            r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=cluster)
+            if r.stdout.strip() == "PENDING":
+                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=cluster, check=True)
+                return
+            assert time.time() < end, r.stdout
+            time.sleep(0.2)
+    wait_steps(5)
+    subprocess.run(["scontrol", "requeue", job], env=cluster, check=True)  # preemption: SIGTERM, SLURM requeues
+    release()
+    wait_steps(len(log.read_text().splitlines()) + 3)  # resumed and trained on
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster, check=True)  # the time-limit warning
+    release()  # the job requeued itself
     wait_idle(cluster)
     text = open(out / "logs" / f"finetune.{job}.log").read()
-    assert "stopped on SIGTERM" in text, text[-3000:]
-    k, total = map(int, re.search(r"resuming at step (\d+) of (\d+)", text).groups())
-    assert 5 <= k < total  # saved on the signal (ckpt_every 1000: no periodic checkpoint in between)
+    assert "stopped on SIGTERM" in text and "stopped on SIGUSR1" in text, text[-3000:]
+    assert f"requeueing job {job}" in text and "restart 2:" in text
+    (k1, total), (k2, _) = [tuple(map(int, m)) for m in re.findall(r"resuming at step (\d+) of (\d+)", text)]
+    assert 5 <= k1 < k2 < total  # saved on each signal (ckpt_every 1000: no periodic checkpoint in between)
     assert rp.is_done(str(out), step)
     straight = train(full_config(dict(yaml.safe_load(open(os.path.join(ROOT, "configs", "tiny.yaml")))["train"],
                                       data_dir=str(tree / "imagenet" / "train"), base=str(tree / "tiny_dit.pt"),
