@@ -290,7 +290,7 @@ def test_scontrol_requeue_of_a_running_finetune_resumes_exactly(cluster, tree, t
     wait_idle(cluster)
     text = open(out / "logs" / f"finetune.{job}.log").read()
     assert "stopped on SIGTERM" in text and "stopped on SIGUSR1" in text, text[-3000:]
-    assert f"requeueing job {job}" in text and "restart 2:" in text
+    assert f"requeueing job {job}" in text and "restart 2:" in text, text[-3000:]
     (k1, total), (k2, _) = [tuple(map(int, m)) for m in re.findall(r"resuming at step (\d+) of (\d+)", text)]
     assert 5 <= k1 < k2 < total  # saved on each signal (ckpt_every 1000: no periodic checkpoint in between)
     assert rp.is_done(str(out), step)
