@@ -58,7 +58,7 @@ class Cluster:
         os.chmod(os.path.join(r, "munge", "munge.key"), 0o400)
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 ** 20
         lines = [
-            "ClusterName=mmxtest", f"SlurmctldHost={self.host}", "SlurmUser=root", "SlurmdUser=root",
+            "ClusterName=mmxtest", f"SlurmctldHost={self.host}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
             "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={r}/munge/munge.socket",
             f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
             f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool",
@@ -69,7 +69,7 @@ class Cluster:
             "SchedulerParameters=sched_interval=2", "ReturnToService=2",
             "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
             "SlurmdParameters=config_overrides", "KillWait=20", "MinJobAge=600",
-            f"NodeName={self.host} CPUs={self.cpus} RealMemory={mem} State=UNKNOWN",
+            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={mem} State=UNKNOWN",
             f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
         ]
         with open(self.conf, "w") as f:
@@ -90,7 +90,7 @@ class Cluster:
                                f"--seed-file={m}/munged.seed"])
         self._wait(lambda: os.path.exists(f"{m}/munge.socket"), 10, "munged")
         self._spawn("slurmctld", ["-D", "-i", "-f", self.conf])
-        self._spawn("slurmd", ["-D", "-f", self.conf])
+        self._spawn("slurmd", ["-D", "-N", self.host, "-f", self.conf])
         self._wait(self._idle, timeout, "the node to become idle")
         return self.env
 

@@ -344,7 +344,9 @@ def test_srun_torchrun_rendezvous_on_one_node(cluster, tree, tmp_path):
                       "t = torch.tensor([dist.get_rank() + 1.0]); dist.all_reduce(t)\n"
                       "if dist.get_rank() == 0:\n"
                       "    open(sys.argv[1], 'w').write(f\"{dist.get_world_size()} {t.item()} "
-                      "{os.environ['TORCHELASTIC_RUN_ID']}\")\n")
+                      "{os.environ['TORCHELASTIC_RUN_ID']}\")\n"
+                      "dist.barrier()\n"
+                      "dist.destroy_process_group()\n")
     out = tmp_path / "out"
     step = rp.Step("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(worker), str(tmp_path / "result.txt")])
