@@ -74,7 +74,7 @@ def run_records(out):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    c = Cluster(tmp_path_factory.mktemp("slurm"))  # its logs (slurmctld.log, slurmd.log) stay there
     env = c.start()
     yield dict(ENV, SLURM_CONF=env["SLURM_CONF"])
     c.stop()
@@ -273,10 +273,11 @@ def test_scontrol_requeue_of_a_running_finetune_resumes_exactly(cluster, tree, t
             assert time.time() < end, "the job did not train"
             time.sleep(0.1)
 
-    def release():  # a requeued job waits ~2 minutes (its begin time); let it start now
-        while True:
+    def release():  # a requeued job waits ~2 minutes (its begin time); let it start now, once the node has
+        while True:  # finished with its previous run (starting it earlier races with that run's cleanup)
             r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=cluster)
-            if r.stdout.strip() == "PENDING":
+            node = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=cluster)
+            if r.stdout.strip() == "PENDING" and node.stdout.strip() == "idle":
                 subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=cluster, check=True)
                 return
             assert time.time() < end, r.stdout
@@ -289,6 +290,7 @@ def test_scontrol_requeue_of_a_running_finetune_resumes_exactly(cluster, tree, t
     release()  # the job requeued itself
     wait_idle(cluster)
     text = open(out / "logs" / f"finetune.{job}.log").read()
+    text += subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=cluster).stdout
     assert "stopped on SIGTERM" in text and "stopped on SIGUSR1" in text, text[-3000:]
     assert f"requeueing job {job}" in text and "restart 2:" in text, text[-3000:]
     (k1, total), (k2, _) = [tuple(map(int, m)) for m in re.findall(r"resuming at step (\d+) of (\d+)", text)]
