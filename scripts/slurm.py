@@ -133,7 +133,7 @@ def check_cluster(steps, cfg, devices, ngpu, env=None, submitting=True):
         r = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, env=env)
         known = [p.strip().rstrip("*") for p in r.stdout.split()]
         if r.returncode != 0:
-            raise UserError(f"sinfo failed ({r.stderr.strip() or r.returncode}); is the cluster reachable?")
+            raise UserError(f"sinfo failed ({_last(r)}); is the cluster reachable (SLURM_CONF)?")
         if cfg["partition"] not in known:
             raise UserError(f"slurm.partition {cfg['partition']!r} is not a partition of this cluster (sinfo lists "
                             f"{', '.join(known) or 'none'}); set one of them or null for the default")
@@ -252,11 +252,17 @@ def last_line(path):
         return None
 
 
+def _last(res):
+    """The last line a failed client command wrote, or its exit code."""
+    lines = res.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit {res.returncode}"
+
+
 def queue(env=None):
     """{job id: (state, reason)} of every job SLURM still knows as queued or running (array tasks one by one)."""
     r = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r"], capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        raise UserError(f"squeue failed ({r.stderr.strip() or r.returncode}); is the cluster reachable?")
+        raise UserError(f"squeue failed ({_last(r)}); is the cluster reachable (SLURM_CONF)?")
     jobs = {}
     for ln in r.stdout.splitlines():
         if ln.count("|") == 2:
@@ -328,7 +334,7 @@ def submit(out, steps, cfg, devices, is_done, root, dry_run=False, env=None, log
         os.makedirs(os.path.join(out, "logs"), exist_ok=True)
         r = subprocess.run(["sbatch", "--parsable", *dep, path], capture_output=True, text=True, env=env)
         if r.returncode != 0:
-            raise UserError(f"sbatch refused job {job['name']}: {r.stderr.strip().splitlines()[-1:] or r.returncode}"
+            raise UserError(f"sbatch refused job {job['name']}: {_last(r)}"
                             f"; fix the slurm block and rerun (jobs already submitted are kept)")
         jid = r.stdout.strip().split(";")[0]
         for k, s in enumerate(job["steps"]):
