@@ -2,17 +2,22 @@
 Random / Herding / K-Center / DiT (no fine-tune) / Full baselines, then the paper-layout tables and figures.
 
     python scripts/reproduce.py --subset imagewoof --imagenet /data/imagenet [--out results/imagewoof] [--dry-run]
-    (scripts/<subset>.sh IMAGENET_DIR [OUT_DIR] [--dry-run] calls this.)
+        [--launcher local|slurm]
+    python scripts/reproduce.py status --out results/imagewoof      # every step: done / queued / running / failed
+    (scripts/<subset>.sh IMAGENET_DIR [OUT_DIR] [--dry-run] [--launcher slurm] calls this.)
 
 Each step is skipped when its output is complete (a marker holding the step's exact command, written after it
 succeeds), so rerunning continues where it stopped; the scripts themselves resume mid-step. The number of GPUs comes
 from NGPU, else CUDA_VISIBLE_DEVICES, else torch: fine-tuning and sampling run under torchrun across all of them,
-evaluation trainings run one per GPU in parallel.
+evaluation trainings run one per GPU in parallel. `--launcher slurm` submits the steps as batch jobs instead
+(scripts/slurm.py).
 """
 import argparse
+import json
 import os
 import queue
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +31,8 @@ from data.subsets import get_subset, list_images, num_phases, phase_size_of  # n
 from utils.config import (SECTIONS, ArgumentParser, Key, check_block, check_output, coerce, load_yaml,  # noqa: E402
                           suggest, validate)
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from utils.io import atomic_write_json  # noqa: E402
+from scripts import slurm  # noqa: E402
 
 ARCHS = ("convnet6", "resnetap10", "resnet18", "resnet50", "resnet101")  # resnet50/101: RDED students only
 BASELINES = ("dit", "random", "herding", "kcenter", "full")
@@ -71,6 +77,7 @@ class Step:
     cmd: list
     gpus: str = "all"  # all: torchrun over every GPU; one: a single device (runs in parallel with others)
     env: dict = field(default_factory=dict)
+    needs: list = field(default_factory=list)  # names of the earlier steps whose outputs it reads (link_steps)
 
 
 #### GPUs and commands #########################################################################################
@@ -336,9 +343,19 @@ def command_text(step):
 
 
 def is_done(out, step):
-    """Done = its marker exists and records this very command (a changed config reruns the step)."""
+    """Done = its marker exists and records this very command (a changed config reruns the step). A marker is JSON
+    (command, launcher, job id, node, GPUs, ...); one of plain command text (before the SLURM launcher) counts too."""
     path = marker(out, step)
-    return os.path.isfile(path) and open(path).read() == command_text(step)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        text = f.read()
+    if text == command_text(step):
+        return True
+    try:
+        return json.loads(text).get("command") == command_text(step)
+    except (ValueError, AttributeError):
+        return False
 
 
 def run_step(out, step, device=None, log=print):
@@ -349,7 +366,9 @@ def run_step(out, step, device=None, log=print):
     rc = subprocess.run(step.cmd, cwd=ROOT, env=env).returncode
     if rc != 0:
         raise UserError(f"step {step.name} failed (exit {rc}); fix the cause and rerun: finished steps are skipped")
-    atomic_write_text(marker(out, step), command_text(step))
+    atomic_write_json(marker(out, step), {"command": command_text(step), "launcher": "local",
+                                          "node": socket.gethostname(), "gpus": env.get("CUDA_VISIBLE_DEVICES", ""),
+                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     log(f"[{time.strftime('%H:%M:%S')}] done  {step.name}")
 
 
@@ -399,22 +418,73 @@ def merge(dest, sources):
                 os.symlink(os.path.abspath(os.path.join(src, d)), os.path.join(dest, d))
 
 
+def plan_file(out):
+    return os.path.join(out, ".steps", "plan.json")
+
+
+def save_plan(out, steps, launcher):
+    """The plan as run (read back by `status`)."""
+    atomic_write_json(plan_file(out), {"launcher": launcher, "steps": [
+        {"name": s.name, "cmd": [str(a) for a in s.cmd], "gpus": s.gpus, "env": s.env, "needs": s.needs}
+        for s in steps]})
+
+
+def load_plan(out):
+    try:
+        with open(plan_file(out)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        raise UserError(f"no plan recorded in {out}; run scripts/reproduce.py (or scripts/<subset>.sh) with "
+                        f"--out {out} first") from None
+    steps = [Step(d["name"], d["cmd"], d["gpus"], d["env"], d["needs"]) for d in data["steps"]]
+    for st in steps:  # the interpreter the plan was written with stands for this one (command_text drops it)
+        if st.cmd and os.path.basename(st.cmd[0]).startswith("python"):
+            st.cmd[0] = sys.executable
+    return data["launcher"], steps
+
+
+def status(argv):
+    p = ArgumentParser(prog="reproduce.py status", description="every step of a plan: done / queued / running / "
+                       "failed (job id, log, its last line) / never ran / not submitted")
+    p.add_argument("--out", required=True, help="the output root of the plan")
+    args = p.parse_args(argv)
+    out = os.path.abspath(args.out)
+    launcher, steps = load_plan(out)
+    if launcher == "slurm":
+        slurm.print_status(out, steps, is_done)
+    else:
+        for s in steps:
+            print(f"{s.name}  {'done' if is_done(out, s) else 'not done'}")
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:
+        return status(argv[1:])
     p = ArgumentParser(prog="reproduce.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--subset", help="imagewoof, imagenette, imageidc, imagenet100 or imagenet1k")
     p.add_argument("--imagenet", help="ImageNet root holding train/<wnid>/ and val/<wnid>/")
     p.add_argument("--out", default=None, help="output root (default results/<subset>)")
     p.add_argument("--config", action="append", default=[],
-                   help="extra YAML layered over configs/<subset>.yaml (train/sample/evaluate/reproduce blocks)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (done/todo and each command) and exit")
+                   help="extra YAML layered over configs/<subset>.yaml (train/sample/evaluate/reproduce/slurm blocks)")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: run the steps here (GPUs of this node); slurm: submit every step that is not done "
+                        "as a batch job with its dependencies (the slurm: block of the configs)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (done/todo and each command; with "
+                   "--launcher slurm each job script and its dependencies) and exit")
     p.add_argument("--merge", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--select-real", nargs=5, help=argparse.SUPPRESS)  # DEST TRAIN_DIR SUBSET IPC SEED
+    p.add_argument("--job", nargs=2, help=argparse.SUPPRESS)  # OUT STEP: inside a SLURM job
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge[0], args.merge[1:])
     if args.select_real:
         dest, train_dir, subset, ipc, seed = args.select_real
         return select_real(dest, train_dir, subset, int(ipc), int(seed))
+    if args.job:
+        out, name = os.path.abspath(args.job[0]), args.job[1]
+        sys.exit(slurm.run_job(out, name, lambda cmd: command_text(Step(name, cmd)), marker(out, Step(name, [])),
+                               ROOT))
     if not args.subset or not args.imagenet:
         raise UserError("pass --subset NAME and --imagenet DIR (the folder holding train/ and val/)")
     get_subset(args.subset)  # unknown names fail here
@@ -426,14 +496,30 @@ def main(argv=None):
     out = os.path.abspath(args.out or os.path.join("results", args.subset))
     check_output(out, "--out")
     check_tool_blocks(configs)
-    ngpu = gpu_count()
-    steps = build_steps(args.subset, os.path.abspath(args.imagenet), out, configs, ngpu)
+    cluster = slurm.settings(configs)  # validated under either launcher: a typo fails the same way everywhere
+    tool_configs = [c for c in configs if not slurm.only_slurm(c)]  # a cluster-only file changes no command
+    if args.launcher == "slurm":
+        ngpu = int(os.environ["NGPU"]) if os.environ.get("NGPU", "").isdigit() else cluster["gpus_per_node"]
+    else:
+        ngpu = gpu_count()
+    steps = slurm.link_steps(build_steps(args.subset, os.path.abspath(args.imagenet), out, tool_configs, ngpu))
+    if args.launcher == "slurm":
+        devices = slurm.tool_devices(tool_configs)
+        slurm.check_cluster(steps, cluster, devices, ngpu, submitting=not args.dry_run)
+        if not args.dry_run:
+            save_plan(out, steps, "slurm")
+        print(f"# {args.subset} on SLURM: {len(steps)} steps, outputs in {out}")
+        slurm.submit(out, steps, cluster, devices, is_done, ROOT, dry_run=args.dry_run)
+        if not args.dry_run:
+            print(f"watch it with: python scripts/reproduce.py status --out {out}")
+        return
     if args.dry_run:
         print(f"# {args.subset}: {len(steps)} steps, {ngpu} GPU(s), outputs in {out}")
         for k, s in enumerate(steps, 1):
             state = "done" if is_done(out, s) else "todo"
             print(f"{k:3d}. [{state}] {s.name}: {command_text(s)}")
         return
+    save_plan(out, steps, "local")
     run_all(out, steps, ngpu)
     print(f"all steps done; tables in {os.path.join(out, 'tables')}")
 

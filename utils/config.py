@@ -405,7 +405,8 @@ def resolve(spec, overrides=None):
 
 #### Files and the command line ###############################################################################
 
-SECTIONS = ("train", "sample", "evaluate", "reproduce")  # one subset YAML drives the three scripts and the pipeline
+SECTIONS = ("train", "sample", "evaluate", "reproduce", "slurm")  # one subset YAML drives the three scripts and the
+# pipeline (slurm: the cluster settings of `reproduce.py --launcher slurm`)
 
 
 def load_yaml(path):

@@ -14,10 +14,15 @@ LOCATION_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 
 
 def run_cli(main, argv=None):
-    """Run `main(argv)`; a UserError, or an output location that fails (full disk, read-only, a file in the way),
+    """Run `main(argv)`; a tool stopped by a preemption signal after saving its state (utils/preempt.py) exits with
+    code 75; a UserError, or an output location that fails (full disk, read-only, a file in the way),
     becomes one line on stderr and exit code 2."""
+    from utils.preempt import EXIT_PREEMPTED, Preempted
     try:
         main(argv)
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     except UserError as e:
         msg = " ".join(str(e).split("\n"))
         print(f"error: {msg}", file=sys.stderr)

@@ -4,7 +4,8 @@ A protocol gives the optimiser, the per-epoch scheduler and `loss_fn(x, y, gen) 
 labels); this loop owns the epoch order, the tests, the curve and the state file: student, optimiser, scheduler,
 every RNG, epoch, curve and losses, written atomically every `ckpt_every` epochs and at the end, so a run killed
 at any point continues from its last state and ends with the same weights and curve as an uninterrupted one
-(on the device-resident data path; the PIL path's DataLoader workers keep RNG streams that are not saved).
+(on the device-resident data path; the PIL path's DataLoader workers keep RNG streams that are not saved). On
+SIGTERM / SIGUSR1 (utils/preempt.py) the state is written at the end of the current epoch and the run stops.
 """
 import os
 import signal
@@ -14,6 +15,7 @@ import torch
 
 from engines.evaluate.common import test_accuracy
 from engines.evaluate.state import STATE_SECONDS, load_state, save_state
+from utils import preempt
 
 def eval_epochs(epochs, eval_every, after=0):
     """Epochs with a test: every `eval_every` epochs after epoch `after`, and always the last one."""
@@ -57,12 +59,16 @@ def fit(model, train, test, *, epochs, opt, sched, loss_fn, eval_at, gen, device
                 f"best {max(a for _, a in curve):.2f}")
         due = (time.time() - last_write >= STATE_SECONDS) if ckpt_every is None else \
             (ckpt_every > 0 and epoch % ckpt_every == 0)
-        if state_path and (due or epoch == epochs):
+        stop = epoch < epochs and preempt.requested() is not None  # SIGTERM / SIGUSR1: save this epoch, exit 75
+        if state_path and (due or epoch == epochs or stop):
             save_state(state_path, state_key, model, opt, sched, gen, train, device, epoch=epoch, epochs=epochs,
                        curve=curve, loss=losses, seen=seen, seconds=time.time() - t0)
             last_write = time.time()
             if debug_kill_epoch == epoch:
                 os.kill(os.getpid(), signal.SIGKILL)  # testing: die like kill -9, right after the write
+        if stop:
+            preempt.stop(f"{tag} state {state_path} at epoch {epoch} of {epochs}" if state_path else
+                         f"{tag} at epoch {epoch} of {epochs} (no state file: the run starts again)")
     secs = time.time() - t0
     return {"curve": curve, "loss": losses, "seconds": secs, "images_per_sec": seen / max(secs, 1e-9),
             "resumed_from": resumed}

@@ -30,6 +30,7 @@ from models.loading import identify_source, load_dit
 from models.vae import load_vae
 from utils.dist import barrier, cleanup, init_distributed
 from utils.errors import UserError
+from utils import preempt
 from utils.io import atomic_save_image, atomic_write_json, file_sha256, run_info
 from utils.tracker import Tracker
 
@@ -363,6 +364,11 @@ def sample_folder(model, vae, diffusion, wnids, labels, ipc, out, *, seed=0, sam
                 f.result()  # re-raise a failed write now
             pending = [f for f in pending if not f.done()]
             bar.update(len(batch))
+            if preempt.requested() is not None and a + batch_size < len(mine):  # SIGTERM / SIGUSR1: the PNGs
+                for f in pending:  # written so far are the state; finish them and stop (exit 75)
+                    f.result()
+                bar.close()
+                preempt.stop(f"{out}: every finished image is written (rank {rank})")
         for f in pending:
             f.result()
     bar.close()

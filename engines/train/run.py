@@ -31,6 +31,7 @@ from models.vae import load_vae
 from utils.config import suggest, save_config
 from utils.dist import barrier, cleanup, init_distributed
 from utils.errors import UserError
+from utils import preempt
 from utils.io import append_jsonl, atomic_torch_save, atomic_write_text, remove_stale_tmp, run_info
 from utils.tracker import Tracker
 
@@ -256,6 +257,16 @@ def open_latent_cache(dataset, vae, cfg, info):
 #################################################################################
 #                              Distributed helpers                              #
 #################################################################################
+
+def preempt_requested(info):
+    """Whether any rank got a preemption signal (all ranks then stop at the same step)."""
+    flag = preempt.requested() is not None
+    if info.world_size > 1:
+        t = torch.tensor([float(flag)], device=info.device)
+        torch_dist.all_reduce(t)
+        flag = bool(t.item())
+    return flag
+
 
 def gather_to_main(obj, info):
     """[obj of rank 0, rank 1, ...] on the main rank (None elsewhere)."""
@@ -528,6 +539,11 @@ def _train(cfg, info):
                 last_saved = ckpt_path
                 if cfg["debug_kill_step"] == step:
                     os.kill(os.getpid(), signal.SIGKILL)  # testing: die like kill -9, right after the write
+            if step < total and preempt_requested(info):  # SIGTERM / SIGUSR1: save this step, exit 75
+                if step % cfg["ckpt_every"]:  # else saved just above
+                    save(step)
+                bar.close()
+                preempt.stop(f"checkpoint {ckpt_path} at step {step} of {total}")
             if step >= total:
                 break
     bar.close()
