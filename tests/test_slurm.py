@@ -101,7 +101,7 @@ def test_dry_run_imagenet1k_lists_every_job_with_its_dependencies(tmp_path):
     assert res.returncode == 0, res.stderr
     local = subprocess.run(cmd[:-3] + ["--dry-run"], capture_output=True, text=True, env=dict(ENV, NGPU="8"), cwd=ROOT)
     names = [ln.split("] ", 1)[1].split(":", 1)[0] for ln in local.stdout.splitlines() if "] " in ln]
-    assert len(names) == 10 + 10 + 1 + 1 + 1 + 6 + 1  # fine-tunes, samples, merge, sample-dit, random, evals, tables
+    assert len(names) == 10 + 10 + 1 + 1 + 1 + 6 + 2  # fine-tunes, samples, merge, sample-dit, random, evals, tables, figures
     jobs = re.findall(r"^## job mmx-(\S+): (.*)\n## after: (.*)\n## sbatch (.*)\n", res.stdout, re.M)
     listed = [s for _, steps, _, _ in jobs for s in steps.split(", ")]
     assert sorted(listed) == sorted(names)  # every step, once
@@ -196,7 +196,7 @@ def test_plan_through_slurm_failure_rerun_and_local_equality(cluster, tree):
     (tree / "tiny_dit.pt").write_bytes(b"not a checkpoint")
     res = reproduce(tree, out, "--config", str(tree / "cluster.yaml"), "--launcher", "slurm", env=cluster)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.count("submitted ") == 7
+    assert res.stdout.count("submitted ") == 8
     wait_idle(cluster)
     st = status(out, cluster)
     for name in ("finetune-minimax", "sample-dit"):
@@ -204,7 +204,7 @@ def test_plan_through_slurm_failure_rerun_and_local_equality(cluster, tree):
         log = re.search(r"(/\S+\.log)", st[name]).group(1)
         last = [ln.strip() for ln in open(log) if ln.strip()][-1]
         assert st[name].endswith("| " + last) and name in os.path.basename(log)
-    for name in ("sample-minimax", "eval-minimax-ipc1", "eval-dit-ipc2", "tables"):
+    for name in ("sample-minimax", "eval-minimax-ipc1", "eval-dit-ipc2", "tables", "figures"):
         assert " never ran " in st[name], st[name]
         assert not [f for f in os.listdir(out / "logs") if f.startswith(name + ".")]  # it never started
     baselines = ("eval-random-ipc1", "eval-herding-ipc2", "eval-kcenter-ipc1", "eval-full")
@@ -219,7 +219,7 @@ def test_plan_through_slurm_failure_rerun_and_local_equality(cluster, tree):
     assert res.returncode == 0, res.stderr
     submitted = re.findall(r"^submitted (\S+) as job", res.stdout, re.M)
     assert submitted == ["finetune-minimax", "sample-minimax", "sample-dit", "eval-minimax-ipc1+1",
-                         "eval-dit-ipc1+1", "tables"]  # the baselines are not redone
+                         "eval-dit-ipc1+1", "tables", "figures"]  # the baselines are not redone
     again = reproduce(tree, out, "--config", str(tree / "cluster.yaml"), "--launcher", "slurm", env=cluster)
     assert "submitted" not in again.stdout  # queued and running steps are not submitted twice
     wait_idle(cluster)
