@@ -245,14 +245,19 @@ def png_sizes(folder):
     return n, sorted(sizes)
 
 
-def rehearse(out, threads, steps, sample_steps):
+def rehearse(out, threads, steps, sample_steps, resume=False):
     out = os.path.abspath(out)
     if os.path.commonpath([out, ROOT]) == ROOT:
         raise UserError(f"OUT {out} is inside the repository; choose a folder outside it (e.g. /tmp/rehearsal)")
     check_output(out, "OUT")
-    if os.path.isdir(out) and os.listdir(out):
-        raise UserError(f"OUT {out} is not empty; pass a new or empty folder")
-    if shutil.disk_usage(os.path.dirname(out) if not os.path.isdir(out) else out).free < 8 << 30:
+    done = {}
+    if resume and os.path.isfile(os.path.join(out, "stages.jsonl")):
+        with open(os.path.join(out, "stages.jsonl")) as f:
+            done = {r["stage"]: r for r in map(json.loads, f) if r["rc"] == (-9 if r["stage"] == "finetune-kill"
+                                                                               else 0)}
+    elif os.path.isdir(out) and os.listdir(out):
+        raise UserError(f"OUT {out} is not empty; pass a new or empty folder (or --continue a rehearsal there)")
+    if not done and shutil.disk_usage(os.path.dirname(out) if not os.path.isdir(out) else out).free < 8 << 30:
         raise UserError(f"OUT {out} has less than 8 GB free (the rehearsal writes ~4 GB); choose another disk")
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "rehearse.log")
@@ -263,6 +268,10 @@ def rehearse(out, threads, steps, sample_steps):
     stages, t_all = [], time.perf_counter()
 
     def stage(name, argv):
+        if name in done:  # --continue: finished in an earlier invocation (its record is kept)
+            print(f"[rehearse] {name}: done earlier ({done[name]['seconds']} s)", flush=True)
+            stages.append(done[name])
+            return done[name]
         rec = run_stage(name, argv, log, threads)
         stages.append(rec)
         with open(os.path.join(out, "stages.jsonl"), "a") as f:
@@ -283,8 +292,9 @@ def rehearse(out, threads, steps, sample_steps):
     run_a, run_b = os.path.join(out, "finetune"), os.path.join(out, "finetune-killed")
     last = str(steps + 1)
     must(stage("finetune-step1", train + ["--run_dir", run_a, "--max_steps", "1"]))
-    must(stage("prefill", [py, os.path.abspath(__file__), "--prefill", os.path.join(run_a, "checkpoint.pt"), cache]))
-    shutil.copytree(run_a, run_b)
+    must(stage("prefill", [py, os.path.abspath(__file__), "--prefill", cache, os.path.join(run_a, "checkpoint.pt")]))
+    if not os.path.isdir(run_b):
+        shutil.copytree(run_a, run_b)
     must(stage("finetune", train + ["--run_dir", run_a, "--max_steps", last]))
     killed = stage("finetune-kill", train + ["--run_dir", run_b, "--max_steps", last, "--debug_kill_step", "2"])
     if killed["rc"] != -9:
@@ -309,7 +319,8 @@ def rehearse(out, threads, steps, sample_steps):
     must(stage("evaluate-idc", ev + ["--arch", "convnet6,resnetap10,resnet18"]))
     must(stage("evaluate-rded", ev + ["--protocol", "rded", "--arch", "resnet18", "--teacher", "resnet18",
                                       "--teacher_weights", teacher, "--teacher_subset", "true"]))
-    return summarise(out, stages, time.perf_counter() - t_all, differing, steps, sample_steps, threads)
+    wall = time.perf_counter() - t_all + sum(r["seconds"] for r in done.values())
+    return summarise(out, stages, wall, differing, steps, sample_steps, threads)
 
 
 #### report ######################################################################################################
@@ -397,6 +408,8 @@ def main(argv=None):
     p.add_argument("--sample_steps", type=int, default=2, help="sampling steps")
     p.add_argument("--make", action="store_true", help=argparse.SUPPRESS)  # stage 1, run as its own process
     p.add_argument("--prefill", metavar="CACHE", help=argparse.SUPPRESS)  # out = checkpoint, its own process
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="continue a rehearsal in OUT: stages recorded as finished in OUT/stages.jsonl are skipped")
     p.add_argument("--report_only", action="store_true", help="rewrite OUT/report.json and REPORT.md from OUT's files")
     a = p.parse_args(argv)
     if a.prefill:
@@ -414,7 +427,7 @@ def main(argv=None):
         return make_all(a.out)
     if a.steps < 1 or a.sample_steps < 2 or a.threads < 1:
         raise UserError("--steps and --sample_steps must be >= 2 and --threads >= 1")
-    r = rehearse(a.out, a.threads, a.steps, a.sample_steps)
+    r = rehearse(a.out, a.threads, a.steps, a.sample_steps, resume=a.resume)
     print(markdown(r))
     ok = r["resume_identical"] and all(v["png_sizes"] == [(256, 256)] for v in r["samples"].values())
     if not ok:
