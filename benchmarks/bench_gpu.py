@@ -35,7 +35,7 @@ from utils.errors import UserError  # noqa: E402
 from utils.io import atomic_write_json  # noqa: E402
 
 PARTS = ("forward", "train", "resume", "sample", "evaluate", "ddp")
-CAPS = {"forward": 50, "train": 110, "resume": 70, "sample": 100, "evaluate": 80, "ddp": 60}  # seconds, CUDA
+CAPS = {"forward": 45, "train": 100, "resume": 70, "sample": 90, "evaluate": 100, "ddp": 60}  # seconds, CUDA
 TINY_CAPS = {"forward": 60, "train": 60, "resume": 90, "sample": 60, "evaluate": 90, "ddp": 90}
 WOOF = ["n02086240", "n02087394", "n02088364", "n02089973"]
 TARGETS = {"train_ms": 24.0, "train_gb": 20.0, "sample_ips": 20.0}
@@ -49,7 +49,7 @@ def setup_for(tiny):
                     eval_size=16, eval_n=20, rded_n=20, rded_batch=10, workers=0)
     return dict(dit="DiT-XL/2", latent=32, channels=4, image=256, vae="sd", fwd_batch=32, train_steps=300,
                 log_every=50, per_class=8, kill=20, resume_steps=40, sample_images=128, sample_batch=64, steps=50,
-                eval_size=224, eval_n=1000, rded_n=1000, rded_batch=100, workers=8)
+                eval_size=224, eval_n=512, rded_n=500, rded_batch=100, workers=8)
 
 
 #### shared inputs: base DiT file, VAE folder, an ImageWoof-shaped train tree #################################
@@ -59,14 +59,9 @@ def make_inputs(work, s):
     import torch
     from PIL import Image
     from data.subsets import get_subset
-    from models.dit import DiT_models
-    torch.manual_seed(0)
-    model = DiT_models[s["dit"]](input_size=s["latent"], in_channels=s["channels"], num_classes=1000)
-    with torch.no_grad():
-        for n, p in model.named_parameters():  # every weight random: zero-init layers make trivial outputs
-            if n != "pos_embed":
-                p.normal_(0, 0.02)
-    torch.save(model.state_dict(), os.path.join(work, "base.pt"))
+    from scripts.rehearse import random_dit_state
+    # every weight random (zero-init layers make trivial outputs), filled fast: no init pass over 675M values
+    torch.save(random_dit_state(s["dit"], s["latent"], 0, s["channels"]), os.path.join(work, "base.pt"))
     if s["vae"] == "sd":
         from diffusers import AutoencoderKL
         from scripts.rehearse import SD_VAE_CONFIG
@@ -88,17 +83,25 @@ def train_argv(work, s, device, run_dir, steps, extra=()):
             "--num_workers", "0", "--device", device, "--progress", "false", *extra]
 
 
+def load_base(work, s, dev):
+    """The base DiT built directly on the device (no CPU init pass) with base.pt's weights, eval mode."""
+    import torch
+    from models.dit import DiT_models
+    with torch.device(dev):
+        model = DiT_models[s["dit"]](input_size=s["latent"], in_channels=s["channels"], num_classes=1000)
+    model.load_state_dict(torch.load(os.path.join(work, "base.pt"), map_location=dev, weights_only=True))
+    return model.eval().requires_grad_(False)
+
+
 #### parts (each runs in its own process: python benchmarks/bench_gpu.py --part NAME ...) #######################
 
-def part_forward(work, s, device):
+def part_forward(work, s, device, emit):
     import contextlib
     import torch
     from benchmarks.bench_dit import dit_macs
     from benchmarks.common import timeit
-    from models.dit import DiT_models
     dev = torch.device(device)
-    torch.manual_seed(0)
-    model = DiT_models[s["dit"]](input_size=s["latent"], in_channels=s["channels"]).to(dev).eval()
+    model = load_base(work, s, dev)
     n = s["fwd_batch"]
     x = torch.randn(n, s["channels"], s["latent"], s["latent"], device=dev)
     t, y = torch.randint(0, 1000, (n,), device=dev), torch.randint(0, 1000, (n,), device=dev)
@@ -118,11 +121,13 @@ def part_forward(work, s, device):
         sec = timeit(fwd, device, warmup=3 if comp else 1, iters=10 if dev.type == "cuda" else 2)
         rows.append({"mode": name, "batch": n, "img_per_s": n / sec, "tflops": 2 * macs * n / sec / 1e12})
         print(rows[-1], flush=True)
-    return {"model": s["dit"], "rows": rows, "note": "" if dev.type == "cuda" else
-            "tf32 acts only on CUDA (on CPU it equals fp32); torch.compile timed on CUDA only"}
+        res = {"model": s["dit"], "rows": rows, "note": "" if dev.type == "cuda" else
+               "tf32 acts only on CUDA (on CPU it equals fp32); torch.compile timed on CUDA only"}
+        emit(res)  # kept if a later mode (compile) runs past the cap
+    return res
 
 
-def part_train(work, s, device):
+def part_train(work, s, device, emit):
     import torch
     from benchmarks.bench_train import steady_steps_per_s
     from engines.train import main as train_main
@@ -142,7 +147,7 @@ def part_train(work, s, device):
             "trainable": sum(v.numel() for v in ck["params"].values())}
 
 
-def part_resume(work, s, device):
+def part_resume(work, s, device, emit):
     from scripts.rehearse import compare_checkpoints
     n, k = s["resume_steps"], s["kill"]
     runs = {name: os.path.join(work, f"run-{name}") for name in ("whole", "killed")}
@@ -173,16 +178,15 @@ def _pixels(folder):
                      for w in WOOF for f in sorted(os.listdir(os.path.join(folder, w)))])
 
 
-def part_sample(work, s, device):
+def part_sample(work, s, device, emit):
     import numpy as np
     import torch
-    from benchmarks.bench_sample import random_dit
     from models.diffusion import Diffusion
     from models.vae import PixelVAE, load_vae
     dev = torch.device(device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     vae = PixelVAE() if s["vae"] == "pixel" else load_vae(os.path.join(work, "vae"), device=dev)
-    model = random_dit(s["dit"], s["latent"], s["channels"], dev)
+    model = load_base(work, s, dev)
     diffusion = Diffusion.linear(1000).respaced(s["steps"])
     n, b = s["sample_images"], s["sample_batch"]
     per_class = -(-n // len(WOOF))
@@ -194,7 +198,9 @@ def part_sample(work, s, device):
             "bf16", dev)  # warm-up: allocator, kernels
     res = {"images": n, "batch": b, "steps": s["steps"]}
     res["bf16_img_per_s"] = _sample(model, vae, diffusion, folder("bf16"), n, b, b, "bf16", dev)
+    emit(res)
     res["bf16_mode_img_per_s"] = _sample(model, vae, diffusion, folder("mode"), n, b, b, "bf16", dev, guide)
+    emit(res)
     # correctness on this device: bf16 against fp32, and batch-size invariance (fp32)
     k = max(len(WOOF), b // 4)
     fp32 = _sample(model, vae, diffusion, folder("fp32"), k, b, b, "fp32", dev)
@@ -222,7 +228,7 @@ def projections(idc, rded_ips):
     return {"table1_hours": t1 / 3600, "table4_hours": t4 / 3600}
 
 
-def part_evaluate(work, s, device):
+def part_evaluate(work, s, device, emit):
     import torch
     from benchmarks import bench_evaluate, bench_evaluate_rded
     dev = torch.device(device)
@@ -243,7 +249,7 @@ def part_evaluate(work, s, device):
     return {"rows": rows, **projections(idc, rded_ips)}
 
 
-def part_ddp(work, s, device):
+def part_ddp(work, s, device, emit):
     import torch
     n = 2 if device == "cpu" or torch.cuda.device_count() < 2 else min(torch.cuda.device_count(), 8)
     run_dir = os.path.join(work, "run-ddp")
@@ -288,7 +294,7 @@ def run_part(name, work, device, tiny, cap):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the part's own process group: it and its torchrun workers
         proc.communicate()
-        status = f"skipped: over its {cap} s cap"
+        status = f"stopped at its {cap} s cap" + (" (what finished before is kept)" if os.path.isfile(out) else "")
     sec = time.perf_counter() - t0
     res = None
     if os.path.isfile(out):
@@ -312,47 +318,62 @@ def table(results, statuses, device):
 
     def add(part, what, value, target=""):
         rows.append({"part": part, "measure": what, "value": value, "target": target})
-    f = results.get("forward")
-    for r in (f or {}).get("rows", []):
+    for part in PARTS:
+        if results.get(part):
+            try:
+                ROWS[part](results[part], add)
+            except KeyError as e:  # a part stopped at its cap: what it wrote before is shown
+                add(part, "partial result", f"missing {e}")
+        if part in statuses and statuses[part] != "ok":
+            add(part, "status", statuses[part])
+    return rows
+
+
+def rows_forward(f, add):
+    for r in f["rows"]:
         add("forward", f"{f['model']} {r['mode']}, batch {r['batch']}", f"{r['img_per_s']:.1f} img/s, "
             f"{r['tflops']:.2f} TFLOP/s")
-    t = results.get("train")
-    if t:
-        add("train", f"step, batch 8, minimax (memory fill {fmt(t['memory_fill_last'])}), latent cache",
-            f"{t['ms_per_step']:.1f} ms/step", f"<= {TARGETS['train_ms']:.0f} ms")
-        add("train", "peak GPU memory", f"{fmt(t['peak_gpu_gb'])} GB", f"<= {TARGETS['train_gb']:.0f} GB")
-        add("train", "trainable parameters", f"{t['trainable']:,}")
-    r = results.get("resume")
-    if r:
-        add("resume", f"SIGKILL after step {r['killed_after']} of {r['steps']}, resumed",
-            "identical tensors" if r["identical"] else f"DIFFERENT {r['differing']}")
-    sm = results.get("sample")
-    if sm:
-        add("sample", f"bf16, CFG, batch {sm['batch']}, {sm['steps']} steps", f"{sm['bf16_img_per_s']:.2f} img/s",
-            f">= {TARGETS['sample_ips']:.0f} img/s (H100)")
-        add("sample", "same, --guidance mode", f"{sm['bf16_mode_img_per_s']:.2f} img/s")
-        add("sample", "bf16 vs fp32 decoded images", f"PSNR {sm['psnr_bf16_vs_fp32_db']:.1f} dB")
-        add("sample", "batch-size invariance: same micro-batch / other micro-batch",
-            f"max abs diff {sm['batch_invariance_same_micro_max_px']:.0f} / "
-            f"{sm['batch_invariance_other_micro_max_px']:.0f} (0-255)")
-    e = results.get("evaluate")
-    if e:
-        for r in e["rows"]:
-            extra = f", teacher alone {r['teacher_img_per_s']:.0f} img/s" if "teacher_img_per_s" in r else ""
-            add("evaluate", f"{r['protocol']} {r['arch']} ({r['path']})", f"train {r['train_img_per_s']:.1f} "
-                f"img/s, data {r['data_img_per_s']:.0f} img/s{extra}")
-        add("evaluate", "projected Table 1 (ImageWoof, 5 IPCs x 3 nets x 3 repeats)",
-            f"{e['table1_hours']:.2f} GPU-hours")
-        add("evaluate", "projected Table 4 (ImageNet-1K, IPC 10 + 50, 3 methods x 3 repeats)",
-            f"{e['table4_hours']:.1f} GPU-hours")
-    d = results.get("ddp")
-    if d:
-        add("ddp", f"torchrun {d['processes']} processes on {d['gpus']} GPU(s)",
-            "ok" if d["ok"] else f"failed: {d.get('error')}")
-    for part, status in statuses.items():
-        if status != "ok":
-            add(part, "not measured", status)
-    return rows
+
+
+def rows_train(t, add):
+    add("train", f"step, batch 8, minimax (memory fill {fmt(t['memory_fill_last'])}), latent cache",
+        f"{t['ms_per_step']:.1f} ms/step", f"<= {TARGETS['train_ms']:.0f} ms")
+    add("train", "peak GPU memory", f"{fmt(t['peak_gpu_gb'])} GB", f"<= {TARGETS['train_gb']:.0f} GB")
+    add("train", "trainable parameters", f"{t['trainable']:,}")
+
+
+def rows_resume(r, add):
+    add("resume", f"SIGKILL after step {r['killed_after']} of {r['steps']}, resumed",
+        "identical tensors" if r["identical"] else f"DIFFERENT {r['differing']}")
+
+
+def rows_sample(sm, add):
+    add("sample", f"bf16, CFG, batch {sm['batch']}, {sm['steps']} steps", f"{sm['bf16_img_per_s']:.2f} img/s",
+        f">= {TARGETS['sample_ips']:.0f} img/s (H100)")
+    add("sample", "same, --guidance mode", f"{sm['bf16_mode_img_per_s']:.2f} img/s")
+    add("sample", "bf16 vs fp32 decoded images", f"PSNR {sm['psnr_bf16_vs_fp32_db']:.1f} dB")
+    add("sample", "batch-size invariance: same micro-batch / other micro-batch",
+        f"max abs diff {sm['batch_invariance_same_micro_max_px']:.0f} / "
+        f"{sm['batch_invariance_other_micro_max_px']:.0f} (0-255)")
+
+
+def rows_evaluate(e, add):
+    for r in e["rows"]:
+        extra = f", teacher alone {r['teacher_img_per_s']:.0f} img/s" if "teacher_img_per_s" in r else ""
+        add("evaluate", f"{r['protocol']} {r['arch']} ({r['path']})", f"train {r['train_img_per_s']:.1f} "
+            f"img/s, data {r['data_img_per_s']:.0f} img/s{extra}")
+    add("evaluate", "projected Table 1 (ImageWoof, 5 IPCs x 3 nets x 3 repeats)", f"{e['table1_hours']:.2f} GPU-hours")
+    add("evaluate", "projected Table 4 (ImageNet-1K, IPC 10 + 50, 3 methods x 3 repeats)",
+        f"{e['table4_hours']:.1f} GPU-hours")
+
+
+def rows_ddp(d, add):
+    add("ddp", f"torchrun {d['processes']} processes on {d['gpus']} GPU(s)",
+        "ok" if d["ok"] else f"failed: {d.get('error')}")
+
+
+ROWS = {"forward": rows_forward, "train": rows_train, "resume": rows_resume, "sample": rows_sample,
+        "evaluate": rows_evaluate, "ddp": rows_ddp}
 
 
 def drive(device, tiny, parts, budget, out_dir):
@@ -415,7 +436,8 @@ def main(argv=None):
         import torch
         if a.device == "cpu":
             torch.set_num_threads(1)  # tiny models on a shared CPU: more threads only spin
-        res = globals()[f"part_{a.part}"](a.work, setup_for(a.tiny), a.device)
+        res = globals()[f"part_{a.part}"](a.work, setup_for(a.tiny), a.device,
+                                          lambda partial: atomic_write_json(a.result, partial))
         atomic_write_json(a.result, res)
         return
     parts = [x for x in a.parts.split(",") if x]

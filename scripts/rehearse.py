@@ -59,14 +59,14 @@ CHANGES = {
 
 #### stage 1: weights and data ##################################################################################
 
-def random_dit_state(name="DiT-XL/2", input_size=32, seed=0):
+def random_dit_state(name="DiT-XL/2", input_size=32, seed=0, in_channels=4):
     """A DiT's state dict with random weights in the original DiT-XL-2-256x256.pt layout (the original key names and
     shapes), built on the meta device and filled with seeded uniform noise (no slow init; every weight non-zero,
     so no zero-init layer makes the output trivial); pos_embed is the fixed sin-cos table, as in the original."""
     import torch
     from models.dit import DiT_models, sincos_pos_embed_2d
     with torch.device("meta"):
-        model = DiT_models[name](input_size=input_size, num_classes=1000)
+        model = DiT_models[name](input_size=input_size, in_channels=in_channels, num_classes=1000)
     g = torch.Generator().manual_seed(seed)
     state = {}
     for key, t in model.state_dict().items():
@@ -393,8 +393,8 @@ def markdown(r):
               "- minimax terms per step (memories pre-filled after step 1): " + "; ".join(
                   f"step {m['step']}: L_r {m['loss_r']:.2e}, L_d {m['loss_d']:.2e}, fill {m['mem_fill']}"
                   for m in r["minimax_terms"]),
-              f"- samples: " + "; ".join(f"{k}: {v['pngs']} PNGs {v['png_sizes']}" for k, v in r["samples"].items()),
-              f"- evaluation records: " + "; ".join(f"{e['protocol']}/{e['arch']}" for e in r["evaluation_records"]),
+              "- samples: " + "; ".join(f"{k}: {v['pngs']} PNGs {v['png_sizes']}" for k, v in r["samples"].items()),
+              "- evaluation records: " + "; ".join(f"{e['protocol']}/{e['arch']}" for e in r["evaluation_records"]),
               "", "Settings changed from the real configs, and why:", ""]
     lines += [f"- {k}: {v}" for k, v in r["changed_settings"].items()]
     return "\n".join(lines) + "\n"
