@@ -133,8 +133,10 @@ def part_train(work, s, device, emit):
     from engines.train import main as train_main
     run_dir = os.path.join(work, "run-train")
     t0 = time.perf_counter()
+    train_main(train_argv(work, s, device, os.path.join(work, "run-warm"), 1))  # builds the latent cache
     if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # the peak of fine-tuning, not of the VAE encoding the cache
     train_main(train_argv(work, s, device, run_dir, s["train_steps"]))
     with open(os.path.join(run_dir, "log.jsonl")) as f:
         log = [json.loads(line) for line in f]

@@ -40,7 +40,9 @@ SD_VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncod
                      up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
                      layers_per_block=2, act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=256)
 TRAIN_PER_CLASS = (2, 2, 1, 1, 1, 1, 1, 1, 1, 1)  # the 2 sampled classes need >= IPC images for the modes
-README_CKPT_MB = 28  # README: Difffit parameters, EMA and AdamW state, 1,739,552 x 4 values x 4 bytes
+# README's projection of a checkpoint: the Difffit parameters, their EMA and AdamW's two moments (1,739,552 x 4 values
+# x 4 bytes) plus both memories (2 x classes x 64 x 4096 x 4 bytes at float32)
+DIFFFIT_PARAMS = 1_739_552
 SAMPLE_CLASSES = 2
 IPC = 2
 # what the rehearsal changes in the real configs, and why (everything else is configs/*.yaml as it is)
@@ -359,7 +361,8 @@ def summarise(out, stages, wall, differing, steps, sample_steps, threads):
         "dit_parameters": dit_params, "trainable_parameters": sum(v.numel() for v in ckpt["params"].values()),
         "finetune_steps": steps, "resume_identical": not differing, "resume_differing_tensors": differing[:20],
         "log_last": log[-1] if log else None,
-        "checkpoint_bytes": ckpt_bytes, "readme_projection_bytes": README_CKPT_MB * 10 ** 6,
+        "checkpoint_bytes": ckpt_bytes,
+        "readme_projection_bytes": DIFFFIT_PARAMS * 4 * 4 + 2 * sum(c["real"].numel() * 4 for c in ckpt["criterion"]),
         "latent_caches": caches,
         "memory_count_per_class": ckpt["criterion"][0]["count"].tolist(),
         "minimax_terms": [{k: rec.get(k) for k in ("step", "loss_r", "loss_d", "mem_fill", "cos_real_min",
@@ -386,8 +389,8 @@ def markdown(r):
               f"- fine-tune: 1 step at batch 2, memories pre-filled (64 per class), {r['finetune_steps']} more steps; "
               f"kill -9 after step 2 and resume: "
               f"{'identical tensors' if r['resume_identical'] else 'DIFFERENT: ' + ', '.join(r['resume_differing_tensors'])}",
-              f"- checkpoint {r['checkpoint_bytes']:,} bytes (README projection ~{r['readme_projection_bytes']:,} "
-              f"without the memories)",
+              f"- checkpoint {r['checkpoint_bytes']:,} bytes; README's projection {r['readme_projection_bytes']:,} "
+              f"(Difffit parameters, EMA, AdamW moments, both memories at float32)",
               "- latent caches: " + "; ".join(f"{v['images']} images, {v['bytes']:,} bytes, {v['bytes_per_image']:,} "
                                               f"per image (an image and its mirror)" for v in r["latent_caches"].values()),
               "- minimax terms per step (memories pre-filled after step 1): " + "; ".join(
