@@ -47,7 +47,7 @@ SAMPLE_CLASSES = 2
 IPC = 2
 # what the rehearsal changes in the real configs, and why (everything else is configs/*.yaml as it is)
 CHANGES = {
-    "train": "batch_size 2, max_steps STEPS, ckpt_every 1, log_every 1, num_workers 0, device cpu, progress off: "
+    "train": "batch_size 2, max_steps 1 + STEPS (memories pre-filled after step 1), ckpt_every 1, log_every 1, num_workers 0, device cpu, progress off: "
              "short on 2 cores; paths to the generated data and weights",
     "sample": "ipc 2 of 2 classes (phase 0, phase_size 2), num_steps SAMPLE_STEPS, batch_size and micro_batch 4 "
               "(a micro-batch of 32 would pad 4 images to 32 model inputs), mode_stop 0 (with a few steps the "
@@ -368,9 +368,10 @@ def summarise(out, stages, wall, differing, steps, sample_steps, threads):
         "minimax_terms": [{k: rec.get(k) for k in ("step", "loss_r", "loss_d", "mem_fill", "cos_real_min",
                                                    "cos_pred_max")} for rec in log],
         "samples": manifests, "sample_steps": sample_steps,
-        "evaluation_records": [{"protocol": r.get("protocol"), "arch": r.get("arch"), "keys": sorted(r)}
-                               for r in records],
-        "changed_settings": CHANGES,
+        "evaluation_records": [{"protocol": r.get("eval_protocol"), "arch": r.get("arch"), "kind": r.get("kind"),
+                                "best": r.get("best"), "keys": sorted(r)} for r in records],
+        "changed_settings": {k: v.replace("SAMPLE_STEPS", str(sample_steps)).replace("STEPS", str(steps))
+                             for k, v in CHANGES.items()},
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": sys.version.split()[0]},
     }
     atomic_write_json(os.path.join(out, "report.json"), report)
@@ -396,8 +397,13 @@ def markdown(r):
               "- minimax terms per step (memories pre-filled after step 1): " + "; ".join(
                   f"step {m['step']}: L_r {m['loss_r']:.2e}, L_d {m['loss_d']:.2e}, fill {m['mem_fill']}"
                   for m in r["minimax_terms"]),
-              "- samples: " + "; ".join(f"{k}: {v['pngs']} PNGs {v['png_sizes']}" for k, v in r["samples"].items()),
-              "- evaluation records: " + "; ".join(f"{e['protocol']}/{e['arch']}" for e in r["evaluation_records"]),
+              "- samples: " + "; ".join(f"{k}: {v['pngs']} PNGs {v['png_sizes']}, manifest complete "
+                                       f"{v['manifest_complete']} ({v['manifest_seeds']} seeds)"
+                                       for k, v in r["samples"].items()),
+              "- evaluation records (run records, 1 epoch, top-1 of random weights: no meaning): " + "; ".join(
+                  f"{e['protocol']} {e['arch']} best {e['best']}" for e in r["evaluation_records"] if e["kind"] == "run"),
+              "- keys of a run record: " + ", ".join(next((e["keys"] for e in r["evaluation_records"]
+                                                          if e["kind"] == "run"), [])),
               "", "Settings changed from the real configs, and why:", ""]
     lines += [f"- {k}: {v}" for k, v in r["changed_settings"].items()]
     return "\n".join(lines) + "\n"
