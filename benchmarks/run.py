@@ -9,7 +9,7 @@ sys.path.insert(0, ROOT)
 
 from utils.errors import UserError, run_cli  # noqa: E402
 
-STAGES = ("dit", "train", "sample", "evaluate", "evaluate_rded", "latent_cache", "imagenet1k")
+STAGES = ("dit", "train", "sample", "evaluate", "evaluate_rded", "latent_cache", "imagenet1k", "gpu")
 
 
 def main(argv=None):

@@ -19,6 +19,14 @@ class DistInfo:
         return self.rank == 0
 
 
+def cuda_placement(local_rank, local_world, num_gpus):
+    """(device index, backend) of a process: processes beyond the GPU count share GPUs round-robin, and then gloo,
+    since NCCL refuses two ranks on one GPU (a 2-process run on a 1-GPU machine tests DDP before a multi-GPU one)."""
+    if num_gpus < 1:
+        raise RuntimeError("CUDA requested but no GPU is visible")
+    return local_rank % num_gpus, ("nccl" if local_world <= num_gpus else "gloo")
+
+
 def init_distributed(device="auto"):
     """Initialise the process group when launched by torchrun; otherwise a single process.
 
@@ -28,14 +36,16 @@ def init_distributed(device="auto"):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "gloo"
     if use_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
+        index, backend = cuda_placement(local, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         # long timeout: rank 0 may build a latent cache (minutes to hours) while the others wait at a barrier
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=6))
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=6))
     return DistInfo(rank, world, local, dev)
 
 

@@ -452,7 +452,7 @@ def _train(cfg, info):
 
     fwd = model
     if W > 1:
-        fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank]
+        fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index]
                                                         if device.type == "cuda" else None)
     if cfg["compile"]:
         fwd = torch.compile(fwd)
