@@ -87,7 +87,8 @@ def test_sample_image_size_checked_against_vae_and_model():
     sample.check_config(_sample_cfg(image_size=7, vae="pixel", model=None, guidance="none"))  # any model: at load
 
 
-@pytest.mark.parametrize("vae, expected", [("pixel", "pixel"), ("stabilityai/sd-vae-ft-mse", "stabilityai/sd-vae-ft-ema"),
+@pytest.mark.parametrize("vae, expected", [("pixel", "pixel"),
+                                           ("stabilityai/sd-vae-ft-mse", "stabilityai/sd-vae-ft-ema"),
                                            ("stabilityai/sd-vae-ft-ema", "stabilityai/sd-vae-ft-ema"),
                                            ("my/local-vae", "my/local-vae")])
 def test_modes_vae_follows_the_sampler_vae_unless_set(vae, expected):

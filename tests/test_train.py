@@ -36,13 +36,14 @@ def _one_thread():
     yield
 
 
-def make_images(root, classes, per_class=4, seed=0):
-    """root/<class>/<i>.png, random 20x24 RGB images (centre-cropped to 16 px by the trainer)."""
+def make_images(root, classes, per_class=4, seed=0, size=(20, 24)):
+    """root/<class>/<i>.png, random RGB images of (height, width) `size` (20x24: centre-cropped to 16 px by the
+    trainer; 16x16: kept whole)."""
     rng = np.random.default_rng(seed)
     for c in classes:
         os.makedirs(os.path.join(root, c), exist_ok=True)
         for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(os.path.join(root, c, f"{i}.png"))
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(os.path.join(root, c, f"{i}.png"))
     return root
 
 

@@ -15,8 +15,7 @@ from PIL import Image
 
 import engines.train.run as trainer
 from models.diffusion import Diffusion
-from models.dit import DiT_models
-from tests.helpers import randomize_
+from tests.test_train import make_base, make_images
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,35 +29,13 @@ LAMBDA_R, LAMBDA_D = 0.5, 0.3  # large, unequal weights: each term moves the gra
 #                      Fine-tuning: one step, re-stated                         #
 #################################################################################
 
-def _images(root, classes, per_class=4, seed=0):
-    """root/<class>/<i>.png, random 16x16 RGB images (the trainer's 16 px crop keeps them whole)."""
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        os.makedirs(os.path.join(root, c), exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(os.path.join(root, c, f"{i}.png"))
-    return root
-
-
-def _base(path, seed=0):
-    """A random DiT-T/2 for 3x16x16 'pixel' latents with the 1000 ImageNet classes, as a plain state dict."""
-    torch.manual_seed(seed)
-    model = randomize_(DiT_models["DiT-T/2"](input_size=16, in_channels=3, num_classes=1000), seed)
-    with torch.no_grad():  # keep the random net's output O(1)
-        for name, p in model.named_parameters():
-            if "adaLN" in name or "final_layer.linear" in name:
-                p.mul_(0.1)
-    torch.save(model.state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ft(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("wiring")
-    data = _images(str(root / "data"), WOOF)  # 12 images: 3 steps per epoch at batch 4
-    cfg = dict(TINY, data_dir=data, base=_base(str(root / "base.pt")), subset="custom", cache_dir=str(root / "cache"),
-               epochs=1, lambda_r=LAMBDA_R, lambda_d=LAMBDA_D, ema_decay=0.9999)
+    data = make_images(str(root / "data"), WOOF, size=(16, 16))  # 12 images: 3 steps per epoch at batch 4
+    cfg = dict(TINY, data_dir=data, base=make_base(str(root / "base.pt")), subset="custom",
+               cache_dir=str(root / "cache"), epochs=1, lambda_r=LAMBDA_R, lambda_d=LAMBDA_D, ema_decay=0.9999)
     # every image as the trainer must see it: the pixel "VAE" latent is the image in [-1, 1] times its scale
     from data.transforms import image_transform
     from models.vae import load_vae
