@@ -59,7 +59,7 @@ class Cluster:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 ** 20
         lines = [
             "ClusterName=mmxtest", f"SlurmctldHost={self.host}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={r}/munge/munge.socket",
+            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={r}/munge/munge.socket,cred_expire=10",  # a requeued job waits cred_expire + 1 s, not 2 min
             f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
             f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool",
             f"SlurmctldPidFile={r}/slurmctld.pid", f"SlurmdPidFile={r}/slurmd.pid",

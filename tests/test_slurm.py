@@ -273,21 +273,19 @@ def test_scontrol_requeue_of_a_running_finetune_resumes_exactly(cluster, tree, t
             assert time.time() < end, "the job did not train"
             time.sleep(0.1)
 
-    def release():  # a requeued job waits ~2 minutes (its begin time); let it start now, once the node has
-        while True:  # finished with its previous run (starting it earlier races with that run's cleanup)
+    def restarted(n):  # a requeued job may start again cred_expire + 1 s later (the test cluster's 10 s, not the
+        while True:    # default 2 minutes); starting it sooner by hand races with the node's cleanup of its last run
             r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=cluster)
-            node = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=cluster)
-            if r.stdout.strip() == "PENDING" and node.stdout.strip() == "idle":
-                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=cluster, check=True)
+            if f"restart {n}:" in open(out / "logs" / f"finetune.{job}.log").read():
                 return
             assert time.time() < end, r.stdout
-            time.sleep(0.2)
+            time.sleep(0.5)
     wait_steps(5)
     subprocess.run(["scontrol", "requeue", job], env=cluster, check=True)  # preemption: SIGTERM, SLURM requeues
-    release()
+    restarted(1)
     wait_steps(len(log.read_text().splitlines()) + 3)  # resumed and trained on
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster, check=True)  # the time-limit warning
-    release()  # the job requeued itself
+    restarted(2)  # the job requeued itself
     wait_idle(cluster)
     text = open(out / "logs" / f"finetune.{job}.log").read()
     text += subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=cluster).stdout
