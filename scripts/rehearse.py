@@ -50,8 +50,8 @@ CHANGES = {
     "train": "batch_size 2, max_steps 1 + STEPS (memories pre-filled after step 1), ckpt_every 1, log_every 1, num_workers 0, device cpu, progress off: "
              "short on 2 cores; paths to the generated data and weights",
     "sample": "ipc 2 of 2 classes (phase 0, phase_size 2), num_steps SAMPLE_STEPS, batch_size and micro_batch 4 "
-              "(a micro-batch of 32 would pad 4 images to 32 model inputs), mode_stop 0 (with a few steps the "
-              "default 25 of 50 would never guide), device cpu, grid off",
+              "(a micro-batch of 32 would pad 4 images to 32 model inputs), mode_stop 0 (the default, half of "
+              "num_steps, would leave no guided step at SAMPLE_STEPS steps), device cpu, grid off",
     "evaluate": "epochs 1, repeat 1, subset custom over the 2 sampled classes, device cpu; rded: teacher_weights "
                 "the random ResNet-18 file, teacher_subset true (a 1,000-class teacher on 2 classes)",
     "cuda_only": "none of the configs' settings needs CUDA: bf16, tf32 and compile are off in the defaults and "
