@@ -1,5 +1,7 @@
 """The networks and their math: DiT, Difffit, diffusion, the VAE helpers, the minimax criterion, the evaluation
 classifiers, and weight loading. Nothing here imports an engine or a schema."""
+import json
+import os
 
 # models.dit.DiT_models' names, spelt out so that validation runs without torch (tests/test_schema.py: equal)
 DIT_NAMES = tuple(f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S", "T") for p in (2, 4, 8))
@@ -8,8 +10,6 @@ DIT_NAMES = tuple(f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S", "T") for p in (2
 def vae_downsampling(source):
     """The spatial downsampling of a VAE named by `source`, read without torch: 1 for 'pixel', a local diffusers
     folder's from its config.json, 8 for the SD-VAE hub ids; None when it cannot be known before loading."""
-    import json
-    import os
     if source == "pixel":
         return 1
     for path in (os.path.join(source, "config.json"), os.path.join(source, "vae", "config.json")):

@@ -24,8 +24,8 @@ import time
 from utils.config import Key, coerce, load_yaml, suggest, validate
 from utils.errors import UserError
 from utils.io import atomic_write_json, atomic_write_text
+from utils.preempt import EXIT_PREEMPTED  # the tool saved its state on SIGTERM / SIGUSR1
 
-EXIT_PREEMPTED = 75  # utils/preempt.py: the tool saved its state on SIGTERM / SIGUSR1
 
 SLURM = {
     "partition": Key(None, "partition (sbatch --partition); null: the cluster's default", type="str", null=True),
